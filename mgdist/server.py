@@ -1,0 +1,72 @@
+"""ParameterServer actor: averages workers' gradients by rows and steps the optimiser once per step."""
+from __future__ import annotations
+
+import numpy as np
+
+from micrograd import optim
+from mgdist.config import Config
+
+
+class StepError(RuntimeError):
+    """A step number arrived out of order: applying it would skip or repeat a step."""
+
+
+class NonFiniteError(RuntimeError):
+    """A worker's gradient or loss holds NaN or inf."""
+
+
+def make_optimizer(config: Config, size: int, total_steps: int) -> optim.Optimizer:
+    lr = {"constant": lambda: optim.constant(config.lr),
+          "linear": lambda: optim.warmup_linear(config.lr, config.warmup_steps),
+          "cosine": lambda: optim.warmup_cosine(config.lr, min(config.warmup_steps, total_steps - 1),
+                                                total_steps, 0.05 * config.lr)}[config.schedule]()
+    kw = {"weight_decay": config.weight_decay} if config.weight_decay else {}
+    return optim.make(config.optimizer, size, lr, **kw)
+
+
+class ParameterServer:
+    """Holds the flat parameters and optimiser state; `apply` is the only way they change."""
+
+    def __init__(self, config: Config, params: np.ndarray, total_steps: int, step: int = 0,
+                 optimizer_state: dict | None = None):
+        self.config, self.step = config, step
+        self.params = np.array(params, np.float32)
+        self.opt = make_optimizer(config, params.size, total_steps)
+        if optimizer_state is not None:
+            self.opt.load_state_dict(optimizer_state)
+        self.mean_grad = np.empty_like(self.params)
+        self.window = [0.0, 0]  # loss sum and rows since the last stats() call
+        self.skipped = 0
+
+    def apply(self, step: int, *results: tuple[np.ndarray, int, float]) -> np.ndarray:
+        """Average (gradient sum, rows, loss sum) of every worker, step once; return new weights."""
+        if step != self.step:
+            raise StepError(f"parameter server got step {step} but expects step {self.step}")
+        rows = sum(r[1] for r in results)
+        loss = sum(r[2] for r in results)
+        np.copyto(self.mean_grad, results[0][0])
+        for grad, _, _ in results[1:]:
+            self.mean_grad += grad
+        self.mean_grad /= np.float32(rows)
+        self.step += 1
+        if not (np.isfinite(loss) and np.isfinite(self.mean_grad).all()):
+            bad = [w for w, (g, _, ls) in enumerate(results) if not (np.isfinite(ls) and np.isfinite(g).all())]
+            if self.config.on_nonfinite == "error":
+                self.step -= 1
+                raise NonFiniteError(f"step {step}: non-finite gradient or loss from worker(s) {bad}")
+            self.skipped += 1
+            return self.params
+        self.opt.step(self.params, self.mean_grad)
+        self.window[0] += loss
+        self.window[1] += rows
+        return self.params
+
+    def stats(self) -> dict:
+        """Steps applied, mean training loss since the last call, steps skipped."""
+        loss = self.window[0] / self.window[1] if self.window[1] else float("nan")
+        self.window = [0.0, 0]
+        return {"step": self.step, "train_loss": loss, "skipped": self.skipped}
+
+    def state(self) -> dict:
+        """Everything a checkpoint needs: step, parameters, optimiser state."""
+        return {"step": self.step, "params": self.params.copy(), "optimizer": self.opt.state_dict()}

@@ -1,0 +1,74 @@
+"""Worker actor: one shard of the data and a model replica; gradient sums of its part of each step."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from mgdist import synthetic
+from mgdist.config import Config
+from mgdist.data import Dataset, load_shard
+from mgdist.metrics import QuantileStats
+from mgdist.model import QuantileModel
+
+
+def build_model(config: Config, features: int) -> QuantileModel:
+    return QuantileModel(features, config.quantiles, config.hidden, config.activation,
+                         config.non_crossing, config.seed)
+
+
+def split_rows(n: int, val_fraction: float, seed: int, rank: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices (train, val) of a shard of n rows: a seeded random share held out."""
+    order = np.random.default_rng([seed, rank, 1]).permutation(n)
+    n_val = int(round(n * val_fraction))
+    return np.sort(order[n_val:]), np.sort(order[:n_val])
+
+
+def epoch_order(train: np.ndarray, seed: int, rank: int, epoch: int) -> np.ndarray:
+    """A worker's training rows in the order of `epoch`; step i of the epoch takes slice i."""
+    return train[np.random.default_rng([seed, rank, 2, epoch]).permutation(len(train))]
+
+
+class Worker:
+    """Loads its shard where it runs. Ray restarts it on failure: __init__ then reloads the shard."""
+
+    def __init__(self, config: Config, dataset: Dataset, groups: list[int], rank: int):
+        self.config, self.rank, self.error = config, rank, None
+        try:
+            self.X, self.y = load_shard(dataset, groups, config.nonfinite)
+        except Exception as e:  # reported by ready(), where the driver can name it
+            self.error = e
+            return
+        self.train, self.val = split_rows(len(self.X), config.val_fraction, config.seed, rank)
+        self.model = build_model(config, self.X.shape[1])
+        self.synthetic = getattr(dataset, "synthetic", None)
+        self._order: tuple[int | None, np.ndarray | None] = (None, None)
+
+    def ready(self) -> dict:
+        """Shard facts once loaded; raises the loading error, if any."""
+        if self.error is not None:
+            raise self.error
+        return {"rows": len(self.X), "train": len(self.train), "val": len(self.val),
+                "features": self.X.shape[1], "node": os.uname().nodename, "arch": os.uname().machine,
+                "pid": os.getpid()}
+
+    def _rows(self, step: int, batch: int, steps_per_epoch: int) -> np.ndarray:
+        epoch, i = divmod(step, steps_per_epoch)
+        if self._order[0] != epoch:
+            self._order = (epoch, epoch_order(self.train, self.config.seed, self.rank, epoch))
+        return self._order[1][i * batch:(i + 1) * batch]
+
+    def grad(self, weights: np.ndarray, step: int, batch: int, steps_per_epoch: int) -> tuple[np.ndarray, int, float]:
+        """(gradient sum, rows, loss sum) over this worker's `batch` rows of global `step`."""
+        np.copyto(self.model.params, weights)
+        rows = self._rows(step, batch, steps_per_epoch)
+        grad, loss = self.model.grad_sum(self.X[rows], self.y[rows])
+        return grad, len(rows), loss
+
+    def evaluate(self, weights: np.ndarray) -> tuple[QuantileStats, QuantileStats | None]:
+        """Stats of the model on this shard's validation rows, and of the true quantiles if known."""
+        np.copyto(self.model.params, weights)
+        X, y, levels = self.X[self.val], self.y[self.val], self.config.quantiles
+        model = QuantileStats(levels).add(y, self.model.predict(X))
+        oracle = QuantileStats(levels).add(y, synthetic.true_quantile(X, levels)) if self.synthetic else None
+        return model, oracle
