@@ -7,11 +7,15 @@ from micrograd import optim
 from mgdist.config import Config
 
 
-class StepError(RuntimeError):
+class TrainingError(RuntimeError):
+    """Training cannot start or go on; the message says why in one line."""
+
+
+class StepError(TrainingError):
     """A step number arrived out of order: applying it would skip or repeat a step."""
 
 
-class NonFiniteError(RuntimeError):
+class NonFiniteError(TrainingError):
     """A worker's gradient or loss holds NaN or inf."""
 
 
@@ -61,12 +65,10 @@ class ParameterServer:
         self.window[1] += rows
         return self.params
 
-    def stats(self) -> dict:
-        """Steps applied, mean training loss since the last call, steps skipped."""
+    def state(self) -> dict:
+        """Step, parameters and optimiser state (what a checkpoint holds), and the mean training
+        loss since the last call."""
         loss = self.window[0] / self.window[1] if self.window[1] else float("nan")
         self.window = [0.0, 0]
-        return {"step": self.step, "train_loss": loss, "skipped": self.skipped}
-
-    def state(self) -> dict:
-        """Everything a checkpoint needs: step, parameters, optimiser state."""
-        return {"step": self.step, "params": self.params.copy(), "optimizer": self.opt.state_dict()}
+        return {"step": self.step, "params": self.params.copy(), "optimizer": self.opt.state_dict(),
+                "train_loss": loss, "skipped": self.skipped}

@@ -3,6 +3,8 @@
 The driver only passes object references: each step, every worker gets the latest weights
 (one object in Ray's store) and returns the gradient sum of its slice of the global batch;
 the parameter server averages them, steps the optimiser and returns the next weights.
+When a worker or the server is lost, the driver replaces it and replays from the server's
+last state, so no step is lost and none is applied twice.
 """
 from __future__ import annotations
 
@@ -15,19 +17,18 @@ import time
 import numpy as np
 import ray
 
-from mgdist import data, synthetic
+from mgdist import checkpoint, data, synthetic
 from mgdist.config import Config
 from mgdist.metrics import QuantileStats
+from mgdist.model import QuantileModel
 from mgdist.report import Progress, format_summary
-from mgdist.server import NonFiniteError, ParameterServer, StepError
+from mgdist.server import ParameterServer, TrainingError
 from mgdist.worker import Worker, build_model
 
 DEFAULT_DATA = dict(rows=400_000, features=16, files=4, row_group_rows=16384, seed=0)
-IN_FLIGHT = 3  # steps submitted ahead of the newest finished one
-
-
-class TrainingError(RuntimeError):
-    """Training cannot start or go on; the message says why in one line."""
+IN_FLIGHT = 3  # steps submitted ahead of the oldest unfinished one
+LOST = (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError, ray.exceptions.ObjectLostError,
+        ray.exceptions.NodeDiedError, ray.exceptions.GetTimeoutError)  # failures a run recovers from
 
 
 def default_dataset() -> str:
@@ -52,104 +53,219 @@ def split_batch(batch: int, rows: list[int]) -> list[int]:
 
 
 def _result(refs, timeout: float | None = None):
-    """ray.get, with our own errors raised from inside an actor surfacing as themselves."""
+    """ray.get, with our own errors raised inside an actor surfacing as themselves."""
     try:
         return ray.get(refs, timeout=timeout)
     except ray.exceptions.RayTaskError as e:
-        if isinstance(e.cause, (data.DataError, StepError, NonFiniteError)):
+        if isinstance(e.cause, (data.DataError, TrainingError)):
             raise e.cause from None
         raise
 
 
+def _one_line(e: BaseException) -> str:
+    return f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+
+
 def _worker_options(config: Config) -> list[dict]:
-    """Ray options of each worker: CPUs, architecture resource, restarts, spread over nodes."""
+    """Ray options of each worker: CPUs, architecture resource, spread over nodes."""
     archs = [a for a, n in sorted(config.arch_workers.items()) for _ in range(n)] or [None] * config.workers
-    available = ray.cluster_resources()
-    for arch in set(archs) - {None}:
-        if available.get(f"arch_{arch}", 0) <= 0:
-            raise TrainingError(f"no node offers resource arch_{arch} for --arch-workers "
-                                f"(cluster resources: {sorted(k for k in available if k.startswith('arch_'))})")
-    need = config.workers * config.cpus_per_worker
-    if need > available.get("CPU", 0):
-        raise TrainingError(f"{config.workers} workers x {config.cpus_per_worker} CPUs need {need:g} CPUs; "
-                            f"the cluster has {available.get('CPU', 0):g}")
+    need = {"CPU": config.workers * config.cpus_per_worker} | {f"arch_{a}": 1 for a in set(archs) - {None}}
+    deadline = time.monotonic() + config.placement_timeout  # an autoscaler may still be adding nodes
+    while True:
+        available = ray.cluster_resources()
+        short = {k: v for k, v in need.items() if available.get(k, 0) < v}
+        if not short:
+            break
+        if time.monotonic() > deadline:
+            has = {k: available.get(k, 0) for k in short}
+            raise TrainingError(f"the cluster cannot place {config.workers} workers x {config.cpus_per_worker:g} "
+                                f"CPUs{' with --arch-workers' if config.arch_workers else ''}: needs {short}, "
+                                f"has {has} (waited {config.placement_timeout:g} s for nodes)")
+        time.sleep(1)
     return [dict(num_cpus=config.cpus_per_worker, resources={f"arch_{a}": 0.001} if a else {},
-                 max_restarts=config.max_failures, max_task_retries=config.max_failures,
                  scheduling_strategy="SPREAD") for a in archs]
 
 
-def start_workers(config: Config, ds: data.Dataset) -> tuple[list, list[dict]]:
-    """Place one Worker per shard and wait until each has loaded its data."""
-    shards = data.plan_shards(ds.group_rows, config.workers)
-    remote = ray.remote(Worker)
-    workers = [remote.options(**opts).remote(config, ds, shard, rank)
-               for rank, (opts, shard) in enumerate(zip(_worker_options(config), shards))]
-    refs = [w.ready.remote() for w in workers]
-    done, waiting = ray.wait(refs, num_returns=len(refs), timeout=config.placement_timeout)
-    if waiting:
-        raise TrainingError(f"{len(waiting)} of {len(refs)} workers were not placed and loaded within "
-                            f"{config.placement_timeout:g} s; cluster resources: {ray.available_resources()}")
-    return workers, _result(refs)
+class Fleet:
+    """The worker actors, one per shard; replaces lost ones, or re-plans the shards over fewer."""
+
+    def __init__(self, config: Config, ds: data.Dataset):
+        self.config, self.ds = config, ds
+        self.options = _worker_options(config)
+        self.start()
+
+    def start(self) -> None:
+        k = len(self.options)
+        self.shards = data.plan_shards(self.ds.group_rows, k)
+        self.actors = [self._spawn(rank) for rank in range(k)]
+        self.info = self._wait(range(k))
+        self.batches = split_batch(self.config.batch_size, [s["train"] for s in self.info])
+        self.steps_per_epoch = min(s["train"] // b if b else 0 for s, b in zip(self.info, self.batches))
+        if self.steps_per_epoch < 1:
+            raise TrainingError(f"batch size {self.config.batch_size} does not fit the training rows "
+                                f"of the {k} shards: {[s['train'] for s in self.info]}")
+
+    def _spawn(self, rank: int):
+        return ray.remote(Worker).options(**self.options[rank]).remote(
+            self.config, self.ds, self.shards[rank], rank)
+
+    def _wait(self, ranks) -> list[dict]:
+        refs = [self.actors[r].ready.remote() for r in ranks]
+        _, waiting = ray.wait(refs, num_returns=len(refs), timeout=self.config.placement_timeout)
+        if waiting:
+            raise TrainingError(f"{len(waiting)} of {len(refs)} workers were not placed and loaded within "
+                                f"{self.config.placement_timeout:g} s; free resources: {ray.available_resources()}")
+        return _result(refs)
+
+    def heal(self) -> str:
+        """Replace lost workers (same shards); if they cannot be placed, re-plan over the rest."""
+        lost = []
+        for rank, actor in enumerate(self.actors):
+            try:
+                ray.get(actor.ready.remote(), timeout=30)
+            except LOST:
+                lost.append(rank)
+                ray.kill(actor)
+        if not lost:
+            return "all workers answer"
+        for rank in lost:
+            self.actors[rank] = self._spawn(rank)
+        try:
+            self._wait(lost)
+            return f"replaced worker(s) {lost} on their shards"
+        except TrainingError:
+            for actor in self.actors:
+                ray.kill(actor)
+            self.options = [o for rank, o in enumerate(self.options) if rank not in lost]
+            if not self.options:
+                raise TrainingError("every worker was lost and none could be replaced") from None
+            self.start()
+            return f"worker(s) {lost} could not be replaced; shards re-planned over {len(self.options)} workers"
+
+    def stop(self) -> None:
+        for actor in self.actors:
+            ray.kill(actor)
+
+
+def _restore(config: Config, ds: data.Dataset, model: QuantileModel) -> dict | None:
+    """The state to resume from, checked against this run's model and dataset; None to start fresh."""
+    if not config.checkpoint_dir:
+        return None
+    storage = data.Storage(s3_endpoint=config.s3_endpoint)
+    existing = checkpoint.steps(config.checkpoint_dir, storage)
+    if existing and not config.resume:
+        raise checkpoint.CheckpointError(
+            f"{config.checkpoint_dir} already holds checkpoints (newest: step {existing[-1]}); pass --resume "
+            "to continue from them, or choose another --checkpoint-dir")
+    found = checkpoint.load_latest(config.checkpoint_dir, storage) if config.resume else None
+    if found is None:
+        return None
+    arrays, manifest = found
+    where = f"checkpoint step {manifest['step']} in {config.checkpoint_dir}"
+    if manifest.get("model") != model.describe():
+        raise checkpoint.CheckpointError(f"{where} is for model {manifest.get('model')}, "
+                                         f"not this run's {model.describe()}")
+    if manifest.get("dataset") != ds.fingerprint():
+        raise checkpoint.CheckpointError(f"{where} was trained on other data than {ds.uri} "
+                                         "(files, sizes or columns differ)")
+    optimizer = {k.removeprefix("opt."): v for k, v in arrays.items() if k.startswith("opt.")}
+    return {"step": manifest["step"], "params": arrays["params"], "optimizer": optimizer}
+
+
+def _save(config: Config, ds: data.Dataset, model: QuantileModel, fleet: Fleet, state: dict) -> None:
+    arrays = {"params": state["params"], **{f"opt.{k}": v for k, v in state["optimizer"].items()}}
+    meta = {"epoch": state["step"] / fleet.steps_per_epoch, "config": config.to_dict(),
+            "dataset": ds.fingerprint(), "model": model.describe(),
+            "data_order": {"seed": config.seed, "workers": len(fleet.actors), "batches": fleet.batches,
+                           "steps_per_epoch": fleet.steps_per_epoch}}
+    checkpoint.save(config.checkpoint_dir, state["step"], arrays, meta, config.keep_checkpoints,
+                    data.Storage(s3_endpoint=config.s3_endpoint))
 
 
 def train(config: Config) -> dict:
     """Train as `config` says; return (and print, and optionally save) the final summary."""
     t_start = time.perf_counter()
     if not ray.is_initialized():
-        ray.init(address=config.address, log_to_driver=True)
-    storage = data.Storage(s3_endpoint=config.s3_endpoint)
-    ds = data.discover(config.data or default_dataset(), config.features, config.target, storage)
-    workers, shards = start_workers(config, ds)
-    features = shards[0]["features"]
-    batches = split_batch(config.batch_size, [s["train"] for s in shards])
-    if min(batches) < 1:
-        raise TrainingError(f"batch size {config.batch_size} leaves a worker with no rows per step")
-    steps_per_epoch = min(s["train"] // b for s, b in zip(shards, batches))
-    if steps_per_epoch < 1:
-        raise TrainingError(f"batch size {config.batch_size} exceeds the training rows {sum(s['train'] for s in shards)}")
-    total = config.steps if config.steps is not None else max(1, math.ceil(config.epochs * steps_per_epoch))
+        ray.init(address=config.address)
+    ds = data.discover(config.data or default_dataset(), config.features, config.target,
+                       data.Storage(s3_endpoint=config.s3_endpoint))
+    model = build_model(config, len(ds.features))
+    state = _restore(config, ds, model) or {"step": 0, "params": model.params.copy(), "optimizer": None}
+    fleet = Fleet(config, ds)
+    spe = fleet.steps_per_epoch
+    total = config.steps if config.steps is not None else max(1, math.ceil(config.epochs * spe))
 
-    model = build_model(config, features)
-    server = ray.remote(ParameterServer).options(num_cpus=0).remote(config, model.params, total)
-    progress = Progress(total, 0, config.batch_size, steps_per_epoch, config.metrics)
-    progress.log(f"{ds.rows:,} rows x {features} features in {len(ds.files)} files; {config.workers} workers "
-                 f"on {sorted({s['node'] + '/' + s['arch'] for s in shards})}; {total} steps of "
-                 f"{config.batch_size} rows ({steps_per_epoch} per epoch)")
+    def new_server(s: dict):
+        return ray.remote(ParameterServer).options(num_cpus=0).remote(
+            config, s["params"], total, s["step"], s["optimizer"])
 
-    t_loop = time.perf_counter()
-    weights, in_flight = ray.put(model.params), collections.deque()
-    stats = {}
-    for step in range(total):
-        grads = [w.grad.remote(weights, step, b, steps_per_epoch) for w, b in zip(workers, batches)]
-        weights = server.apply.remote(step, *grads)
-        in_flight.append(weights)
-        if len(in_flight) > IN_FLIGHT:
-            ray.wait([in_flight.popleft()], fetch_local=False)
-        if (step + 1) % config.log_every == 0 or step + 1 == total:
-            stats = _result(server.stats.remote())
-            progress.update(step + 1, train_loss=stats["train_loss"])
+    server = new_server(state)
+    progress = Progress(total, state["step"], config.batch_size, spe, config.metrics)
+    progress.log(f"{ds.rows:,} rows x {len(ds.features)} features in {len(ds.files)} files; {len(fleet.actors)} "
+                 f"workers on {sorted({i['node'] + '/' + i['arch'] for i in fleet.info})}; steps {state['step']}"
+                 f"..{total} of {config.batch_size} rows ({spe} per epoch)")
+
+    t_loop, failures, step, train_loss = time.perf_counter(), 0, state["step"], float("nan")
+    weights, in_flight = ray.put(state["params"]), collections.deque()
+    while step < total or in_flight:
+        try:
+            if step < total:
+                grads = [w.grad.remote(weights, step, b, fleet.steps_per_epoch)
+                         for w, b in zip(fleet.actors, fleet.batches)]
+                weights = server.apply.remote(step, *grads)
+                in_flight.append((step + 1, weights))
+                step += 1
+            if len(in_flight) <= IN_FLIGHT and step < total:
+                continue
+            done, ref = in_flight.popleft()
+            if not ray.wait([ref], timeout=config.step_timeout, fetch_local=False)[0]:
+                raise ray.exceptions.GetTimeoutError(f"no step finished in {config.step_timeout:g} s")
+            log = done % config.log_every == 0 or done == total
+            save = config.checkpoint_dir and (done == total or config.checkpoint_every and done % config.checkpoint_every == 0)
+            if log or save:
+                _result(ref)  # raises if this step failed
+                state = _result(server.state.remote())
+                train_loss = state["train_loss"]
+                progress.update(done, train_loss=train_loss)
+            if save:
+                _save(config, ds, model, fleet, state)
+        except LOST as e:
+            failures += 1
+            if failures > config.max_failures:
+                raise TrainingError(f"giving up after {failures} failures (--max-failures "
+                                    f"{config.max_failures}); last: {_one_line(e)}") from None
+            progress.log(f"failure {failures} near step {step}: {_one_line(e)}")
+            try:
+                state = _result(server.state.remote(), timeout=30)
+            except LOST:
+                ray.kill(server)
+                server = new_server(state)
+                progress.log(f"parameter server lost: restored step {state['step']}, replaying from there")
+            progress.log(fleet.heal())
+            step, in_flight = state["step"], collections.deque()
+            weights = ray.put(state["params"])
     final = np.array(_result(weights))
     loop_s = time.perf_counter() - t_loop
     progress.close()
 
     model_stats, oracle_stats = QuantileStats(config.quantiles), QuantileStats(config.quantiles)
-    for m, o in _result([w.evaluate.remote(final) for w in workers]):
+    for m, o in _result([w.evaluate.remote(final) for w in fleet.actors]):
         model_stats.merge(m)
         if o is not None:
             oracle_stats.merge(o)
-    val, oracle = model_stats.summary(), oracle_stats.summary() if getattr(ds, "synthetic", None) else None
+    val, oracle = model_stats.summary(), (oracle_stats.summary() if ds.synthetic else None)
     summary = {
-        "steps": total, "epochs": round(total / steps_per_epoch, 4), "workers": config.workers,
-        "rows_per_s": total * config.batch_size / loop_s, "wall_s": time.perf_counter() - t_start,
-        "train_loss": stats.get("train_loss"), "val_loss": val["pinball"],
-        "oracle_loss": oracle["pinball"] if oracle else None,
-        "coverage": val["coverage"], "oracle_coverage": oracle["coverage"] if oracle else None,
-        "crossing_rate": val["crossing_rate"], "failures_survived": 0,
+        "steps": total, "epochs": round(total / fleet.steps_per_epoch, 4), "workers": len(fleet.actors),
+        "rows_per_s": (total - progress.start) * config.batch_size / loop_s,
+        "wall_s": time.perf_counter() - t_start,
+        "train_loss": train_loss, "val_loss": val["pinball"], "oracle_loss": oracle and oracle["pinball"],
+        "coverage": val["coverage"], "oracle_coverage": oracle and oracle["coverage"],
+        "crossing_rate": val["crossing_rate"], "failures_survived": failures,
     }
     print(format_summary(summary), flush=True)
     if config.summary_json:
         with open(config.summary_json, "w") as f:
             json.dump(summary, f, indent=2)
-    for w in workers + [server]:
-        ray.kill(w)
+    fleet.stop()
+    ray.kill(server)
     return summary

@@ -41,7 +41,7 @@ class Worker:
             return
         self.train, self.val = split_rows(len(self.X), config.val_fraction, config.seed, rank)
         self.model = build_model(config, self.X.shape[1])
-        self.synthetic = getattr(dataset, "synthetic", None)
+        self.synthetic = dataset.synthetic
         self._order: tuple[int | None, np.ndarray | None] = (None, None)
 
     def ready(self) -> dict:

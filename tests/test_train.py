@@ -1,0 +1,91 @@
+"""Distributed training on a real local Ray: k workers equal one process on the same global batches."""
+import numpy as np
+import pytest
+import ray
+
+from micrograd.optim import Optimizer
+from mgdist import checkpoint, data, synthetic
+from mgdist.config import Config
+from mgdist.server import TrainingError, make_optimizer
+from mgdist.trainer import Fleet, split_batch, train
+from mgdist.worker import build_model, epoch_order, split_rows
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    ray.init(num_cpus=2, object_store_memory=200 * 2**20, include_dashboard=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def uneven_data(tmp_path_factory):
+    """Two files whose row groups differ in size, so shards are uneven."""
+    root = tmp_path_factory.mktemp("uneven")
+    synthetic.write(str(root / "a"), rows=3000, features=6, files=1, row_group_rows=1000, seed=1, progress=False)
+    synthetic.write(str(root / "b"), rows=2100, features=6, files=1, row_group_rows=700, seed=2, progress=False)
+    return str(root)
+
+
+def small_config(data_path: str, tmp_path, **kw) -> Config:
+    base = dict(data=data_path, hidden=(16,), quantiles=(0.1, 0.5, 0.9), batch_size=600, steps=12,
+                lr=0.01, schedule="cosine", warmup_steps=3, val_fraction=0.1, seed=3, log_every=4,
+                checkpoint_dir=str(tmp_path / "ckpt"))
+    return Config(**base | kw)
+
+
+def single_process_params(config: Config, workers: int) -> np.ndarray:
+    """Replay the same global batches in one process: union of every worker's rows each step."""
+    ds = data.discover(config.data)
+    shards = data.plan_shards(ds.group_rows, workers)
+    loaded = [data.load_shard(ds, s) for s in shards]
+    trains = [split_rows(len(X), config.val_fraction, config.seed, r)[0] for r, (X, _) in enumerate(loaded)]
+    batches = split_batch(config.batch_size, [len(t) for t in trains])
+    per_epoch = min(len(t) // b for t, b in zip(trains, batches))
+    model = build_model(config, len(ds.features))
+    opt: Optimizer = make_optimizer(config, model.params.size, config.steps)
+    for step in range(config.steps):
+        epoch, i = divmod(step, per_epoch)
+        rows = [epoch_order(t, config.seed, r, epoch)[i * b:(i + 1) * b] for r, (t, b) in enumerate(zip(trains, batches))]
+        X = np.concatenate([loaded[r][0][rw] for r, rw in enumerate(rows)])
+        y = np.concatenate([loaded[r][1][rw] for r, rw in enumerate(rows)])
+        model.loss.forward(X=X, y=y)
+        model.loss.backward()
+        opt.step(model.params, model.grads)
+    return model.params
+
+
+@pytest.mark.parametrize("workers", [2, 3])
+def test_k_workers_equal_one_process(ray_local, uneven_data, tmp_path, workers):
+    config = small_config(uneven_data, tmp_path, workers=workers, cpus_per_worker=2 / workers, steps=14)  # > 1 epoch
+    summary = train(config)
+    arrays, manifest = checkpoint.load(config.checkpoint_dir, config.steps)
+    assert manifest["data_order"]["workers"] == workers
+    assert len(set(manifest["data_order"]["batches"])) > 1  # uneven shards, weighted averaging
+    expected = single_process_params(config, workers)
+    np.testing.assert_allclose(arrays["params"], expected, rtol=2e-4, atol=2e-6)
+    assert summary["steps"] == config.steps and summary["workers"] == workers
+    assert summary["failures_survived"] == 0
+
+
+def test_summary_figures(ray_local, uneven_data, tmp_path):
+    config = small_config(uneven_data, tmp_path, steps=30, summary_json=str(tmp_path / "s.json"),
+                          metrics=str(tmp_path / "m.jsonl"))
+    summary = train(config)
+    import json
+    saved = json.loads((tmp_path / "s.json").read_text())
+    assert set(saved) == {"steps", "epochs", "workers", "rows_per_s", "wall_s", "train_loss", "val_loss",
+                          "oracle_loss", "coverage", "oracle_coverage", "crossing_rate", "failures_survived"}
+    assert saved["val_loss"] == pytest.approx(summary["val_loss"])
+    assert set(saved["coverage"]) == {"0.1", "0.5", "0.9"} == set(saved["oracle_coverage"])
+    assert saved["oracle_loss"] < saved["val_loss"] < 2 * saved["oracle_loss"]  # learned, yet not better than truth
+    lines = (tmp_path / "m.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in lines] == [4, 8, 12, 16, 20, 24, 28, 30]
+
+
+def test_fleet_rejects_what_no_node_offers(ray_local, uneven_data, tmp_path):
+    ds = data.discover(uneven_data)
+    with pytest.raises(TrainingError, match=r"needs \{'arch_aarch64': 1\}, has \{'arch_aarch64': 0\}"):
+        Fleet(small_config(uneven_data, tmp_path, arch_workers={"aarch64": 1}, workers=1, placement_timeout=1), ds)
+    with pytest.raises(TrainingError, match=r"needs \{'CPU': 8.0\}, has \{'CPU': 2.0\}"):
+        Fleet(small_config(uneven_data, tmp_path, workers=4, cpus_per_worker=2, placement_timeout=0), ds)
