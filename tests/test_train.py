@@ -87,5 +87,5 @@ def test_fleet_rejects_what_no_node_offers(ray_local, uneven_data, tmp_path):
     ds = data.discover(uneven_data)
     with pytest.raises(TrainingError, match=r"needs \{'arch_aarch64': 1\}, has \{'arch_aarch64': 0\}"):
         Fleet(small_config(uneven_data, tmp_path, arch_workers={"aarch64": 1}, workers=1, placement_timeout=1), ds)
-    with pytest.raises(TrainingError, match=r"needs \{'CPU': 8.0\}, has \{'CPU': 2.0\}"):
+    with pytest.raises(TrainingError, match=r"needs \{'CPU': 8\}, has \{'CPU': 2.0\}"):
         Fleet(small_config(uneven_data, tmp_path, workers=4, cpus_per_worker=2, placement_timeout=0), ds)
