@@ -17,7 +17,7 @@ class Config:
     s3_endpoint: str | None = None
     # model
     quantiles: tuple[float, ...] = (0.1, 0.5, 0.9)
-    hidden: tuple[int, ...] = (128,)
+    hidden: tuple[int, ...] = (64, 64)
     activation: str = "tanh"
     non_crossing: bool = False         # predict the lowest quantile plus positive increments
     # optimisation
@@ -26,8 +26,8 @@ class Config:
     schedule: str = "cosine"           # constant | linear (warm-up) | cosine (warm-up, then decay)
     warmup_steps: int = 20
     weight_decay: float = 0.0
-    batch_size: int = 16384            # global rows per step, split over workers
-    epochs: float = 3.0
+    batch_size: int = 4096             # global rows per step, split over workers
+    epochs: float = 10.0
     steps: int | None = None           # overrides epochs
     seed: int = 0
     # cluster
@@ -93,7 +93,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
     p.add_argument("--val-fraction", type=float, default=d.val_fraction)
     p.add_argument("--s3-endpoint", help="S3 endpoint URL (default: AWS_ENDPOINT_URL_S3 or AWS)")
     p.add_argument("--quantiles", type=_floats, default=d.quantiles, help="e.g. 0.1,0.5,0.9")
-    p.add_argument("--hidden", type=_ints, default=d.hidden, help="hidden layer widths, e.g. 128 or 256,128")
+    p.add_argument("--hidden", type=_ints, default=d.hidden, help="hidden layer widths, e.g. 64,64 or 128")
     p.add_argument("--activation", choices=["tanh", "relu", "sigmoid", "softplus"], default=d.activation)
     p.add_argument("--non-crossing", action="store_true", help="quantiles that never cross")
     p.add_argument("--optimizer", choices=["adam", "adamw", "sgd"], default=d.optimizer)
