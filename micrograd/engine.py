@@ -291,8 +291,8 @@ class Value:
             g = out.grad
             A = a.data if a.data.ndim > 1 else a.data[None, :]
             B = b.data if b.data.ndim > 1 else b.data[:, None]
+            g = g if b.data.ndim > 1 else g[..., None]  # first: a 0-d g (1-D @ 1-D) becomes (1,)
             g = g if a.data.ndim > 1 else g[..., None, :]
-            g = g if b.data.ndim > 1 else g[..., None]
             if a.requires_grad:
                 shape = np.broadcast_shapes(g.shape[:-2], B.shape[:-2]) + (g.shape[-2], B.shape[-2])
                 ga = np.matmul(g, B.swapaxes(-1, -2), out=out.scratch(0, shape))
@@ -365,7 +365,7 @@ class Value:
             out.data = a.data.transpose(axes)
 
         def transpose_backward():
-            a.add_grad(out.grad.transpose(None if axes is None else np.argsort(axes)))
+            a.add_grad(out.grad.transpose(None if axes is None else np.argsort([i % a.data.ndim for i in axes])))
         return out.define(transpose_forward, transpose_backward)
 
     @property

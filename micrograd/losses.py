@@ -14,6 +14,7 @@ def pinball(pred: Value, target: Value, levels: Sequence[float]) -> Value:
 
     pred is (n, Q), one column per level q in `levels`; target is (n,) or (n, 1).
     """
+    target = lift(target)
     q = np.asarray(levels, dtype=engine.DTYPE)
     out = Value.node("pinball", pred, target)
     slope = None  # d loss / d diff for each element, kept from forward for backward
@@ -40,6 +41,6 @@ def pinball(pred: Value, target: Value, levels: Sequence[float]) -> Value:
 def mse(pred: Value, target: Value) -> Value:
     """Mean squared error; a (n,) target is compared with a (n, 1) prediction column-wise."""
     target = lift(target)
-    if len(pred.shape) == 2 and len(target.shape) == 1:
-        target = target.reshape(-1, 1)
+    if len(target.shape) == 1:  # pred.T puts the rows last; its shape is unknown in a lazy graph
+        return ((pred.T - target) ** 2).mean()
     return ((pred - target) ** 2).mean()
