@@ -13,12 +13,14 @@ import json
 import math
 import os
 import time
+import uuid
 
 import numpy as np
 import ray
 
 from mgdist import checkpoint, data, synthetic
 from mgdist.config import Config
+from mgdist.evaluate import write_report
 from mgdist.metrics import QuantileStats
 from mgdist.model import QuantileModel
 from mgdist.report import Progress, format_summary
@@ -66,21 +68,23 @@ def _one_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
 
 
+def _cpus(arch: str | None) -> float:
+    """CPUs of the live nodes that offer `arch` (every live node when None)."""
+    return sum(n["Resources"].get("CPU", 0) for n in ray.nodes()
+               if n["Alive"] and (arch is None or n["Resources"].get(f"arch_{arch}", 0) > 0))
+
+
 def _worker_options(config: Config) -> list[dict]:
-    """Ray options of each worker: CPUs, architecture resource, spread over nodes."""
+    """Ray options of each worker (CPUs, architecture resource, spread over nodes), once the
+    cluster has room for them all; an autoscaler may still be adding nodes, so wait a while."""
     archs = [a for a, n in sorted(config.arch_workers.items()) for _ in range(n)] or [None] * config.workers
-    need = {"CPU": config.workers * config.cpus_per_worker} | {f"arch_{a}": 1 for a in set(archs) - {None}}
-    deadline = time.monotonic() + config.placement_timeout  # an autoscaler may still be adding nodes
-    while True:
-        available = ray.cluster_resources()
-        short = {k: v for k, v in need.items() if available.get(k, 0) < v}
-        if not short:
-            break
+    deadline = time.monotonic() + config.placement_timeout
+    while short := {a or "any": (archs.count(a) * config.cpus_per_worker, _cpus(a)) for a in set(archs)
+                    if archs.count(a) * config.cpus_per_worker > _cpus(a)}:
         if time.monotonic() > deadline:
-            has = {k: available.get(k, 0) for k in short}
-            raise TrainingError(f"the cluster cannot place {config.workers} workers x {config.cpus_per_worker:g} "
-                                f"CPUs{' with --arch-workers' if config.arch_workers else ''}: needs {short}, "
-                                f"has {has} (waited {config.placement_timeout:g} s for nodes)")
+            raise TrainingError("the cluster cannot place the workers: " + "; ".join(
+                f"{arch} nodes need {need:g} CPUs, have {have:g}" for arch, (need, have) in sorted(short.items()))
+                + f" (waited {config.placement_timeout:g} s for nodes)")
         time.sleep(1)
     return [dict(num_cpus=config.cpus_per_worker, resources={f"arch_{a}": 0.001} if a else {},
                  scheduling_strategy="SPREAD") for a in archs]
@@ -106,15 +110,17 @@ class Fleet:
                                 f"of the {k} shards: {[s['train'] for s in self.info]}")
 
     def _spawn(self, rank: int):
-        return ray.remote(Worker).options(**self.options[rank]).remote(
+        name = f"mgdist-worker-{rank}-{uuid.uuid4().hex[:8]}"  # unique: the lost one may still hold its name
+        return ray.remote(Worker).options(**self.options[rank], name=name).remote(
             self.config, self.ds, self.shards[rank], rank)
 
     def _wait(self, ranks) -> list[dict]:
         refs = [self.actors[r].ready.remote() for r in ranks]
         _, waiting = ray.wait(refs, num_returns=len(refs), timeout=self.config.placement_timeout)
         if waiting:
+            free = {k: v for k, v in ray.available_resources().items() if k == "CPU" or k.startswith("arch_")}
             raise TrainingError(f"{len(waiting)} of {len(refs)} workers were not placed and loaded within "
-                                f"{self.config.placement_timeout:g} s; free resources: {ray.available_resources()}")
+                                f"{self.config.placement_timeout:g} s; free: {free}")
         return _result(refs)
 
     def heal(self) -> str:
@@ -196,7 +202,7 @@ def train(config: Config) -> dict:
     total = config.steps if config.steps is not None else max(1, math.ceil(config.epochs * spe))
 
     def new_server(s: dict):
-        return ray.remote(ParameterServer).options(num_cpus=0).remote(
+        return ray.remote(ParameterServer).options(num_cpus=0, name=f"mgdist-server-{uuid.uuid4().hex[:8]}").remote(
             config, s["params"], total, s["step"], s["optimizer"])
 
     server = new_server(state)
@@ -224,7 +230,9 @@ def train(config: Config) -> dict:
             save = config.checkpoint_dir and (done == total or config.checkpoint_every and done % config.checkpoint_every == 0)
             if log or save:
                 _result(ref)  # raises if this step failed
-                state = _result(server.state.remote())
+                state = _result(server.state.remote(), timeout=config.step_timeout)
+                for message in state["skips"]:
+                    progress.log(message)
                 train_loss = state["train_loss"]
                 progress.update(done, train_loss=train_loss)
             if save:
@@ -268,4 +276,8 @@ def train(config: Config) -> dict:
             json.dump(summary, f, indent=2)
     fleet.stop()
     ray.kill(server)
+    if config.report:  # the final model scored in this process on all of the training data
+        np.copyto(model.params, final)
+        write_report(model, ds, config.report, config.metrics, config.nonfinite,
+                     {"checkpoint": config.checkpoint_dir, "step": total})
     return summary

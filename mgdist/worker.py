@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 
 import numpy as np
+import ray
 
 from mgdist import synthetic
 from mgdist.config import Config
@@ -50,7 +51,7 @@ class Worker:
             raise self.error
         return {"rows": len(self.X), "train": len(self.train), "val": len(self.val),
                 "features": self.X.shape[1], "node": os.uname().nodename, "arch": os.uname().machine,
-                "pid": os.getpid()}
+                "node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}
 
     def _rows(self, step: int, batch: int, steps_per_epoch: int) -> np.ndarray:
         epoch, i = divmod(step, steps_per_epoch)

@@ -25,7 +25,7 @@ def pinball(pred: Value, target: Value, levels: Sequence[float]) -> Value:
         if pred.data.ndim != 2 or pred.data.shape != (y.shape[0], q.size):
             raise ValueError(f"pinball: prediction shape {pred.data.shape} does not match "
                              f"{y.shape[0]} targets x {q.size} quantile levels")
-        diff = np.subtract(y, pred.data, out=out.buffer(pred.data.shape))  # reused across steps
+        diff = np.subtract(y, pred.data, out=out.scratch(1, pred.data.shape))  # reused across steps
         slope = np.subtract(q, diff < 0, dtype=engine.DTYPE)
         out.data = np.asarray(np.vdot(diff, slope) / diff.size, dtype=engine.DTYPE)
 

@@ -1,0 +1,51 @@
+"""Several Ray nodes on one machine, labelled by architecture: workers land where asked."""
+import pytest
+import ray
+from ray.cluster_utils import Cluster
+
+from mgdist import data, synthetic
+from mgdist.config import Config
+from mgdist.server import TrainingError
+from mgdist.trainer import Fleet, train
+
+MB = 2**20
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    c = Cluster(initialize_head=True, head_node_args=dict(num_cpus=0, object_store_memory=100 * MB,
+                                                           include_dashboard=False))
+    x86 = c.add_node(num_cpus=1, resources={"arch_x86_64": 1}, object_store_memory=100 * MB)
+    arm = c.add_node(num_cpus=1, resources={"arch_aarch64": 1}, object_store_memory=100 * MB)
+    ray.init(address=c.address)
+    yield {"x86_64": x86.node_id, "aarch64": arm.node_id}
+    ray.shutdown()
+    c.shutdown()
+
+
+@pytest.fixture(scope="module")
+def small_data(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("d") / "data")
+    synthetic.write(path, rows=4000, features=6, files=2, row_group_rows=500, progress=False)
+    return path
+
+
+def config(path: str, **kw) -> Config:
+    return Config(**dict(data=path, hidden=(8,), batch_size=400, steps=20, log_every=10) | kw)
+
+
+def test_workers_land_on_the_architecture_asked(cluster, small_data):
+    fleet = Fleet(config(small_data, arch_workers={"x86_64": 1, "aarch64": 1}, workers=2), data.discover(small_data))
+    placed = sorted((info["node_id"], opts["resources"]) for info, opts in zip(fleet.info, fleet.options))
+    assert placed == sorted([(cluster["aarch64"], {"arch_aarch64": 0.001}), (cluster["x86_64"], {"arch_x86_64": 0.001})])
+    fleet.stop()
+
+
+def test_unsatisfiable_request_fails_clearly(cluster, small_data):
+    with pytest.raises(TrainingError, match="aarch64 nodes need 2 CPUs, have 1"):
+        Fleet(config(small_data, arch_workers={"aarch64": 2}, workers=2, placement_timeout=2), data.discover(small_data))
+
+
+def test_training_across_labelled_nodes(cluster, small_data):
+    summary = train(config(small_data, arch_workers={"x86_64": 1, "aarch64": 1}, workers=2))
+    assert summary["workers"] == 2 and summary["steps"] == 20
