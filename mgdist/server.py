@@ -39,11 +39,18 @@ class ParameterServer:
         if optimizer_state is not None:
             self.opt.load_state_dict(optimizer_state)
         self.mean_grad = np.empty_like(self.params)
-        self.window = [0.0, 0]  # loss sum and rows since the last stats() call
-        self.skipped = 0
+        self.window = [0.0, 0]  # loss sum and rows since the last state() call
+        self.loss = float("nan")  # mean training loss of the last window that had steps
+        self.skips: list[str] = []  # the steps skipped since the last state() call, and why
 
     def apply(self, step: int, *results: tuple[np.ndarray, int, float]) -> np.ndarray:
-        """Average (gradient sum, rows, loss sum) of every worker, step once; return new weights."""
+        """Average (gradient sum, rows, loss sum) of every worker, step once; return new weights.
+
+        A step whose gradient or loss is not finite stops training (NonFiniteError), or with
+        on_nonfinite="skip" is consumed without touching the parameters or the optimiser: the
+        optimiser's step count (its lr schedule and Adam's bias correction) counts only applied
+        updates, so `step - opt.steps` is the number of skipped steps, in every saved state too.
+        """
         if step != self.step:
             raise StepError(f"parameter server got step {step} but expects step {self.step}")
         rows = sum(r[1] for r in results)
@@ -52,23 +59,25 @@ class ParameterServer:
         for grad, _, _ in results[1:]:
             self.mean_grad += grad
         self.mean_grad /= np.float32(rows)
-        self.step += 1
         if not (np.isfinite(loss) and np.isfinite(self.mean_grad).all()):
             bad = [w for w, (g, _, ls) in enumerate(results) if not (np.isfinite(ls) and np.isfinite(g).all())]
+            message = f"step {step}: non-finite gradient or loss from worker(s) {bad}"
             if self.config.on_nonfinite == "error":
-                self.step -= 1
-                raise NonFiniteError(f"step {step}: non-finite gradient or loss from worker(s) {bad}")
-            self.skipped += 1
-            return self.params
-        self.opt.step(self.params, self.mean_grad)
-        self.window[0] += loss
-        self.window[1] += rows
+                raise NonFiniteError(message)
+            self.skips.append(f"{message}: step skipped")
+        else:
+            self.opt.step(self.params, self.mean_grad)
+            self.window[0] += loss
+            self.window[1] += rows
+        self.step += 1
         return self.params
 
     def state(self) -> dict:
-        """Step, parameters and optimiser state (what a checkpoint holds), and the mean training
-        loss since the last call."""
-        loss = self.window[0] / self.window[1] if self.window[1] else float("nan")
-        self.window = [0.0, 0]
-        return {"step": self.step, "params": self.params.copy(), "optimizer": self.opt.state_dict(),
-                "train_loss": loss, "skipped": self.skipped}
+        """Step, parameters and optimiser state (what a checkpoint holds), the mean training loss
+        since the last call (or the last known one), and the steps skipped since then."""
+        if self.window[1]:
+            self.loss = self.window[0] / self.window[1]
+        state = {"step": self.step, "params": self.params.copy(), "optimizer": self.opt.state_dict(),
+                 "train_loss": self.loss, "skips": self.skips}
+        self.window, self.skips = [0.0, 0], []
+        return state
