@@ -47,6 +47,7 @@ class Config:
     log_every: int = 50
     metrics: str | None = None         # JSON-lines file of per-step metrics
     summary_json: str | None = None
+    report: str | None = None          # dir for metrics.json and plots of the final model on the training data
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -123,6 +124,8 @@ def parse_args(argv: list[str] | None = None) -> Config:
     p.add_argument("--log-every", type=int, default=d.log_every, help="steps between log lines")
     p.add_argument("--metrics", help="write per-step metrics here as JSON lines")
     p.add_argument("--summary-json", help="write the final summary here as one JSON object")
+    p.add_argument("--report", help="at the end, score the model on the training data: metrics.json and "
+                   "plots (matplotlib) in this local dir, as jobs/evaluate.py does")
     args = p.parse_args(argv)
     config = Config(**{k.replace("-", "_"): v for k, v in vars(args).items()})
     if config.arch_workers:

@@ -1,0 +1,100 @@
+"""Batch prediction on Ray: tasks predict runs of row groups and write them next to their key columns.
+
+Each task reads its row groups (the model's features and the kept columns, in one read), predicts
+them and writes one Parquet file per input file it touches: part-FFFFF-GGGGGG.parquet, named after
+the input file's index in the dataset and the task's first row group in it, with one output row
+group per input row group. Sorted by name, the outputs hold the rows in input order. Rows with a
+missing or non-finite feature get NaN quantiles.
+"""
+from __future__ import annotations
+
+from itertools import groupby
+from typing import Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import ray
+from tqdm import tqdm
+
+from mgdist.data import DataError, Dataset, Storage, _copy_columns, filesystem, plan_shards, reraise
+from mgdist.evaluate import build, dataset_for, load_model
+from mgdist.trainer import _result
+
+TASK_ROWS = 1 << 18  # rows per task, at most a row group more: the progress bar moves a task at a time
+
+
+def quantile_columns(levels: Sequence[float]) -> list[str]:
+    """Output column names: q0.1, q0.5, ..."""
+    return [f"q{q:g}" for q in levels]
+
+
+def _output_schema(ds: Dataset, keep: Sequence[str] | None, levels: Sequence[float]) -> pa.Schema:
+    """Kept columns (default: every column but the features) with their input types, then the quantiles."""
+    first = ds.files[0].path
+    fs, path = filesystem(first, ds.storage)
+    with reraise(first):
+        schema = pq.read_schema(path, filesystem=fs)
+    keep = [n for n in schema.names if n not in ds.features] if keep is None else list(keep)
+    for name in keep:
+        if name not in schema.names:
+            raise DataError(f"{first}: no column {name!r} to keep (columns: {', '.join(schema.names)})")
+    names = quantile_columns(levels)
+    if set(keep) & set(names):
+        raise ValueError(f"kept columns {sorted(set(keep) & set(names))} would clash with the quantile columns")
+    return pa.schema([schema.field(n) for n in keep] + [pa.field(n, pa.float32()) for n in names])
+
+
+@ray.remote(num_cpus=1)
+def _predict_groups(params: np.ndarray, manifest: dict, ds: Dataset, groups: list[int], schema: pa.Schema,
+                    out: str) -> list[str]:
+    """Predict row groups (indices into ds.group_rows); write one file per input file; return their paths."""
+    model = build(manifest, params)
+    keep = schema.names[:len(schema) - len(model.levels)]
+    columns = list(dict.fromkeys([*ds.features, *keep]))
+    located = [(f, g) for f, info in enumerate(ds.files) for g in range(len(info.row_groups))]
+    out_fs, root = filesystem(out, ds.storage)
+    prefix, written = "s3://" if out.startswith("s3://") else "", []
+    for f, run in groupby((located[g] for g in groups), key=lambda fg: fg[0]):
+        run = [g for _, g in run]
+        source = ds.files[f].path
+        path = f"{root.rstrip('/')}/part-{f:05d}-{run[0]:06d}.parquet"
+        in_fs, in_path = filesystem(source, ds.storage)
+        file_schema = schema.with_metadata({**schema.metadata, "mgdist.source": source})
+        with reraise(f"{source} -> {prefix}{path}"), pq.ParquetFile(in_path, filesystem=in_fs) as pf, \
+                out_fs.open(path, "wb") as sink, pq.ParquetWriter(sink, file_schema) as writer:
+            for g in run:
+                table = pf.read_row_group(g, columns=columns)
+                X = np.empty((table.num_rows, len(ds.features)), np.float32)
+                _copy_columns(table, ds.features, X)
+                pred = model.predict(X)
+                writer.write_table(pa.table([*table.select(keep).columns, *pred.T], schema=file_schema))
+        written.append(prefix + path)
+    return written
+
+
+def predict(checkpoint: str, data: str, out: str, keep: Sequence[str] | None = None,
+            storage: Storage = Storage(), address: str | None = None, progress: bool = True) -> list[str]:
+    """Predict every row of `data` with a checkpoint's model on Ray; write Parquet under `out`
+    (local or s3://, which must hold no files yet). Returns the files written, in row order."""
+    model, manifest = load_model(checkpoint, storage)
+    ds = dataset_for(manifest, data, storage)
+    schema = _output_schema(ds, keep, model.levels).with_metadata({"mgdist.checkpoint": checkpoint})
+    fs, root = filesystem(out, storage)
+    with reraise(out):
+        if fs.exists(root) and fs.find(root):
+            raise DataError(f"{out} already holds files: write to a new place")
+    if not ray.is_initialized():
+        ray.init(address=address)
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    tasks = min(sum(rows > 0 for rows in ds.group_rows), max(cpus, -(-ds.rows // TASK_ROWS)))
+    params = ray.put(model.params)
+    pending = {_predict_groups.remote(params, manifest, ds, groups, schema, out):
+               sum(ds.group_rows[g] for g in groups) for groups in plan_shards(ds.group_rows, tasks)}
+    written = []
+    with tqdm(total=ds.rows, unit="rows", unit_scale=True, disable=not progress) as bar:
+        while pending:
+            [done], _ = ray.wait(list(pending))
+            written += _result(done)
+            bar.update(pending.pop(done))
+    return sorted(written)
