@@ -35,6 +35,8 @@ class Config:
     cpus_per_worker: float = 1.0
     arch_workers: dict[str, int] = field(default_factory=dict)  # e.g. {"x86_64": 2, "aarch64": 4}
     address: str | None = None
+    balance: str = "rows"              # shard sizes: equal "rows", or in proportion to measured "speed"
+    slowdown: tuple[float, ...] = ()   # test setting: worker r's compute stretched slowdown[r] times
     placement_timeout: float = 120.0  # seconds for workers to be placed and load their shards
     step_timeout: float = 600.0        # seconds without a finished step before the run counts as failed
     # checkpoints, faults, reporting
@@ -56,7 +58,7 @@ class Config:
     def from_dict(cls, d: dict) -> Config:
         known = {f.name for f in dataclasses.fields(cls)}
         c = cls(**{k: v for k, v in d.items() if k in known})
-        c.quantiles, c.hidden = tuple(c.quantiles), tuple(c.hidden)
+        c.quantiles, c.hidden, c.slowdown = tuple(c.quantiles), tuple(c.hidden), tuple(c.slowdown)
         return c
 
 
@@ -110,6 +112,8 @@ def parse_args(argv: list[str] | None = None) -> Config:
     p.add_argument("--cpus-per-worker", type=float, default=d.cpus_per_worker)
     p.add_argument("--arch-workers", type=_arch_counts, default={}, help="workers per architecture, "
                    "e.g. x86_64=2,aarch64=4 (overrides --workers; default: any node serves)")
+    p.add_argument("--balance", choices=["rows", "speed"], default=d.balance,
+                   help="shard sizes: equal rows, or in proportion to each worker's measured speed")
     p.add_argument("--address", help="Ray address (default: RAY_ADDRESS, else a new local Ray)")
     p.add_argument("--placement-timeout", type=float, default=d.placement_timeout, help="seconds")
     p.add_argument("--step-timeout", type=float, default=d.step_timeout,

@@ -103,6 +103,11 @@ class Fleet:
         self.shards = data.plan_shards(self.ds.group_rows, k)
         self.actors = [self._spawn(rank) for rank in range(k)]
         self.info = self._wait(range(k))
+        if self.config.balance == "speed" and k > 1:  # time each worker, then size shards by speed
+            probe = max(1, min(self.config.batch_size // k, *(i["train"] for i in self.info)))
+            self.speeds = _result([a.speed.remote(probe) for a in self.actors])
+            self.shards = data.plan_shards(self.ds.group_rows, k, weights=self.speeds)
+            self.info = _result([a.reshard.remote(s) for a, s in zip(self.actors, self.shards)])
         self.batches = split_batch(self.config.batch_size, [s["train"] for s in self.info])
         self.steps_per_epoch = min(s["train"] // b if b else 0 for s, b in zip(self.info, self.batches))
         if self.steps_per_epoch < 1:
@@ -182,8 +187,8 @@ def _save(config: Config, ds: data.Dataset, model: QuantileModel, fleet: Fleet, 
     arrays = {"params": state["params"], **{f"opt.{k}": v for k, v in state["optimizer"].items()}}
     meta = {"epoch": state["step"] / fleet.steps_per_epoch, "config": config.to_dict(),
             "dataset": ds.fingerprint(), "model": model.describe(),
-            "data_order": {"seed": config.seed, "workers": len(fleet.actors), "batches": fleet.batches,
-                           "steps_per_epoch": fleet.steps_per_epoch}}
+            "data_order": {"seed": config.seed, "workers": len(fleet.actors), "shards": fleet.shards,
+                           "batches": fleet.batches, "steps_per_epoch": fleet.steps_per_epoch}}
     checkpoint.save(config.checkpoint_dir, state["step"], arrays, meta, config.keep_checkpoints,
                     data.Storage(s3_endpoint=config.s3_endpoint))
 
@@ -210,6 +215,9 @@ def train(config: Config) -> dict:
     progress.log(f"{ds.rows:,} rows x {len(ds.features)} features in {len(ds.files)} files; {len(fleet.actors)} "
                  f"workers on {sorted({i['node'] + '/' + i['arch'] for i in fleet.info})}; steps {state['step']}"
                  f"..{total} of {config.batch_size} rows ({spe} per epoch)")
+    if config.balance == "speed" and len(fleet.actors) > 1:
+        progress.log("measured speeds (rows/s): " + ", ".join(f"{s:,.0f}" for s in fleet.speeds)
+                     + f"; rows per step: {fleet.batches}")
 
     t_loop, failures, step, train_loss = time.perf_counter(), 0, state["step"], float("nan")
     weights, in_flight = ray.put(state["params"]), collections.deque()
@@ -254,6 +262,7 @@ def train(config: Config) -> dict:
             weights = ray.put(state["params"])
     final = np.array(_result(weights))
     loop_s = time.perf_counter() - t_loop
+    busy_s = np.mean(_result([w.busy.remote() for w in fleet.actors]))
     progress.close()
 
     model_stats, oracle_stats = QuantileStats(config.quantiles), QuantileStats(config.quantiles)
@@ -269,6 +278,7 @@ def train(config: Config) -> dict:
         "train_loss": train_loss, "val_loss": val["pinball"], "oracle_loss": oracle and oracle["pinball"],
         "coverage": val["coverage"], "oracle_coverage": oracle and oracle["coverage"],
         "crossing_rate": val["crossing_rate"], "failures_survived": failures,
+        "worker_busy": busy_s / loop_s,  # share of the loop's time workers spent computing gradients
     }
     print(format_summary(summary), flush=True)
     if config.summary_json:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 import numpy as np
 import ray
@@ -34,15 +35,25 @@ class Worker:
     """Loads its shard where it runs. Ray restarts it on failure: __init__ then reloads the shard."""
 
     def __init__(self, config: Config, dataset: Dataset, groups: list[int], rank: int):
-        self.config, self.rank, self.error = config, rank, None
+        self.config, self.dataset, self.rank, self.error = config, dataset, rank, None
+        self.slowdown = config.slowdown[rank] if rank < len(config.slowdown) else 1.0
+        self.busy_s = 0.0
+        self._load(groups)
+
+    def reshard(self, groups: list[int]) -> dict:
+        """Load these row groups as this worker's shard instead; its facts, as ready()."""
+        self._load(groups)
+        return self.ready()
+
+    def _load(self, groups: list[int]) -> None:
+        self.error = None
         try:
-            self.X, self.y = load_shard(dataset, groups, config.nonfinite)
+            self.X, self.y = load_shard(self.dataset, groups, self.config.nonfinite)
         except Exception as e:  # reported by ready(), where the driver can name it
             self.error = e
             return
-        self.train, self.val = split_rows(len(self.X), config.val_fraction, config.seed, rank)
-        self.model = build_model(config, self.X.shape[1])
-        self.synthetic = dataset.synthetic
+        self.train, self.val = split_rows(len(self.X), self.config.val_fraction, self.config.seed, self.rank)
+        self.model = build_model(self.config, self.X.shape[1])
         self._order: tuple[int | None, np.ndarray | None] = (None, None)
 
     def ready(self) -> dict:
@@ -59,17 +70,40 @@ class Worker:
             self._order = (epoch, epoch_order(self.train, self.config.seed, self.rank, epoch))
         return self._order[1][i * batch:(i + 1) * batch]
 
+    def _grad_sum(self, rows: np.ndarray) -> tuple[np.ndarray, float]:
+        t = time.perf_counter()
+        grad, loss = self.model.grad_sum(self.X[rows], self.y[rows])
+        if self.slowdown > 1:  # test setting: stretch compute as on a slower node
+            time.sleep((self.slowdown - 1) * (time.perf_counter() - t))
+        self.busy_s += time.perf_counter() - t
+        return grad, loss
+
     def grad(self, weights: np.ndarray, step: int, batch: int, steps_per_epoch: int) -> tuple[np.ndarray, int, float]:
         """(gradient sum, rows, loss sum) over this worker's `batch` rows of global `step`."""
         np.copyto(self.model.params, weights)
         rows = self._rows(step, batch, steps_per_epoch)
-        grad, loss = self.model.grad_sum(self.X[rows], self.y[rows])
+        grad, loss = self._grad_sum(rows)
         return grad, len(rows), loss
+
+    def speed(self, batch: int, repeats: int = 3) -> float:
+        """Rows per second of gradient compute on `batch` of this shard's rows (best of `repeats`)."""
+        rows = self.train[:batch]
+        self._grad_sum(rows)  # warm-up: buffers, caches
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            self._grad_sum(rows)
+            times.append(time.perf_counter() - t)
+        return len(rows) / min(times)
+
+    def busy(self) -> float:
+        """Seconds spent computing gradients so far."""
+        return self.busy_s
 
     def evaluate(self, weights: np.ndarray) -> tuple[QuantileStats, QuantileStats | None]:
         """Stats of the model on this shard's validation rows, and of the true quantiles if known."""
         np.copyto(self.model.params, weights)
         X, y, levels = self.X[self.val], self.y[self.val], self.config.quantiles
         model = QuantileStats(levels).add(y, self.model.predict(X))
-        oracle = QuantileStats(levels).add(y, synthetic.true_quantile(X, levels)) if self.synthetic else None
+        oracle = QuantileStats(levels).add(y, synthetic.true_quantile(X, levels)) if self.dataset.synthetic else None
         return model, oracle
