@@ -55,7 +55,7 @@ def main() -> None:
     print(f"{args.rows:,} rows x 64 features, batch {args.batch:,}, {args.steps} steps, cpus={os.cpu_count()}")
     base = single_process(path, args.batch, args.steps)
     print(f"single process          {base:6.2f} steps/s  {base * args.batch / 1e6:5.2f}M rows/s")
-    ray.init(num_cpus=2, object_store_memory=500 * 2**20, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, object_store_memory=500 * 2**20, include_dashboard=False, log_to_driver=False)
     results = {}
     for workers in (1, 2):
         config = Config(data=path, workers=workers, hidden=(128,), quantiles=LEVELS, batch_size=args.batch,

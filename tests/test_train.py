@@ -13,7 +13,7 @@ from mgdist.worker import build_model, epoch_order, split_rows
 
 @pytest.fixture(scope="module")
 def ray_local():
-    ray.init(num_cpus=2, object_store_memory=200 * 2**20, include_dashboard=False)
+    ray.init(address="local", num_cpus=2, object_store_memory=200 * 2**20, include_dashboard=False)
     yield
     ray.shutdown()
 
