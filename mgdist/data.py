@@ -259,6 +259,8 @@ def load_shard(ds: Dataset, groups: Sequence[int], nonfinite: str = "error") -> 
                     kept = int(finite.sum())
                     X[filled:filled + kept], y[filled:filled + kept] = X[rows][finite], y[rows][finite]
                     filled += kept
+                del table
+                pa.default_memory_pool().release_unused()  # peak: the shard + about one row group
     if filled == 0:
         raise DataError(f"{ds.uri}: no finite rows in row groups {list(groups)}")
     return X[:filled], y[:filled]

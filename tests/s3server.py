@@ -5,7 +5,6 @@ It checks request signatures, so a wrong secret is really rejected.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import socket

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from mgdist.data import DataError, Dataset, Storage, discover, load_shard, plan_shards
+from mgdist.data import DataError, Storage, discover, load_shard, plan_shards
 from mgdist.synthetic import sample, write
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,6 +41,13 @@ def test_discover_directory_file_glob_and_file_uri(dataset_dir):
     assert discover(f"file://{dataset_dir}").files == ds.files
     assert discover(str(dataset_dir / "part-0000[12].parquet")).files == ds.files[1:]
     assert discover(str(dataset_dir / "part-00001.parquet")).files == ds.files[1:2]
+
+
+def test_synthetic_data_is_recognised(dataset_dir, tmp_path):
+    assert discover(str(dataset_dir)).synthetic  # so its true quantiles can be used
+    assert not discover(str(dataset_dir), "f1,f2,f3,f4").synthetic
+    path = write_table(tmp_path / "a.parquet", f0=[1.0], f1=[1.0], f2=[1.0], f3=[1.0], y=[1.0])
+    assert not discover(str(path)).synthetic
 
 
 def test_feature_selection(tmp_path):
@@ -248,7 +255,7 @@ def test_s3_wrong_secret_missing_bucket_and_anonymous_access(s3_env, monkeypatch
     uri = f"s3://{s3_env.bucket}/errors"
     assert make_data(uri).returncode == 0
     ds = discover(uri)
-    done = make_data(f"s3://no-such-bucket/x")
+    done = make_data("s3://no-such-bucket/x")
     assert done.returncode == 1 and done.stderr == "make_data: s3://no-such-bucket/x: not found: The specified bucket does not exist\n"
     with pytest.raises(DataError, match="^s3://no-such-bucket/x: not found: The specified bucket does not exist$"):
         discover("s3://no-such-bucket/x")
