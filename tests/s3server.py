@@ -81,11 +81,11 @@ def start(workdir: Path, timeout: float = 60.0) -> S3Server:
 
 
 def stop(server: S3Server) -> None:
-    """SIGTERM the server and wait for it (a few seconds), then kill it if need be."""
+    """SIGTERM the server and wait for it; kill it if it takes more than 5 s."""
     if server.process.poll() is None:
         server.process.send_signal(signal.SIGTERM)
         try:
-            server.process.wait(timeout=15)
+            server.process.wait(timeout=5)
         except subprocess.TimeoutExpired:
             server.process.kill()
             server.process.wait()
