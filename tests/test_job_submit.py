@@ -43,6 +43,9 @@ def ray_head():
     subprocess.run([RAY, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={free_port()}",
                     "--num-cpus=2", "--object-store-memory=200000000", f"--temp-dir={temp}",
                     "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
+                    # every port of this head its own, so it never collides with another Ray on the machine
+                    f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+                    f"--metrics-export-port={free_port()}", f"--runtime-env-agent-port={free_port()}",
                     "--disable-usage-stats"], env=env, check=True, capture_output=True, timeout=120)
     yield f"http://127.0.0.1:{dashboard}", env
     stop_by_pid(temp)
