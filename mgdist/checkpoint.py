@@ -15,10 +15,12 @@ import re
 import warnings
 
 import numpy as np
+from fsspec.implementations.local import LocalFileSystem
 
 from mgdist.data import DataError, Storage, filesystem
 
 MANIFEST = re.compile(r"ckpt-(\d{9})\.json$")
+ARRAYS = re.compile(r"ckpt-(\d{9})-[0-9a-f]{16}\.npz$")
 
 
 class CheckpointError(RuntimeError):
@@ -29,10 +31,9 @@ def _join(directory: str, name: str) -> str:
     return f"{directory.rstrip('/')}/{name}"
 
 
-def _put(directory: str, name: str, payload: bytes, storage: Storage) -> None:
+def _put(fs, root: str, name: str, payload: bytes) -> None:
     """Write one file so that readers see all of it or nothing."""
-    fs, root = filesystem(directory, storage)
-    if directory.startswith("s3://"):
+    if not isinstance(fs, LocalFileSystem):  # S3: an object appears whole, with its one PUT
         fs.pipe_file(_join(root, name), payload)
         return
     os.makedirs(root, exist_ok=True)
@@ -65,57 +66,65 @@ def save(directory: str, step: int, arrays: dict[str, np.ndarray], meta: dict,
     manifest = {"format": 1, "step": step, "npz": npz, "sha256": digest,
                 "arrays": {k: {"shape": list(a.shape), "dtype": str(a.dtype)} for k, a in arrays.items()}, **meta}
     name = f"ckpt-{step:09d}.json"
+    fs, root = filesystem(directory, storage)  # one for the whole save: a new S3 client costs ~0.4 s
     try:
-        old = _read_manifest(directory, name, storage) if step in steps(directory, storage) else None
-        _put(directory, npz, payload, storage)
-        _put(directory, name, json.dumps(manifest, indent=1).encode(), storage)
-        fs, root = filesystem(directory, storage)
-        if old and old.get("npz") != npz:
-            fs.rm(_join(root, old["npz"]))
-        for s in steps(directory, storage)[:-keep] if keep > 0 else []:
-            gone = _read_manifest(directory, f"ckpt-{s:09d}.json", storage)
-            fs.rm(_join(root, f"ckpt-{s:09d}.json"))
-            if gone.get("npz"):
-                fs.rm(_join(root, gone["npz"]))
+        _put(fs, root, npz, payload)
+        _put(fs, root, name, json.dumps(manifest, indent=1).encode())
+        _prune(fs, root, step, npz, keep)
     except (OSError, DataError, ValueError) as e:
         raise CheckpointError(f"cannot write checkpoint {step} to {directory}: {e}") from None
     return _join(directory, name)
 
 
-def _read_manifest(directory: str, name: str, storage: Storage) -> dict:
-    fs, root = filesystem(directory, storage)
-    with fs.open(_join(root, name), "rb") as f:
-        return json.loads(f.read())
+def _prune(fs, root: str, step: int, npz: str, keep: int) -> None:
+    """After saving `step`: delete the checkpoints older than the newest `keep` up to it (keep <= 0:
+    keep all), the .npz files of older steps that no manifest names (a save that never finished), and
+    any earlier .npz of `step`. Goes by file names only, so a corrupt checkpoint goes like any other;
+    newer ones (left by a run that was resumed from an older one) are left alone."""
+    names = [os.path.basename(p) for p in fs.ls(root, detail=False)]
+    kept = sorted(int(m[1]) for m in map(MANIFEST.match, names) if m and int(m[1]) <= step)
+    kept = kept[-keep:] if keep > 0 else kept
+    for name in names:
+        m = MANIFEST.match(name) or ARRAYS.match(name)
+        s = int(m[1]) if m else None
+        if m and (s < step and s not in kept or s == step and name.endswith(".npz") and name != npz):
+            fs.rm(_join(root, name))
 
 
 def load(directory: str, step: int, storage: Storage = Storage()) -> tuple[dict[str, np.ndarray], dict]:
     """Arrays and manifest of checkpoint `step`, verified against the manifest's checksum, shapes and dtypes."""
-    where = _join(directory, f"ckpt-{step:09d}.json")
+    name = f"ckpt-{step:09d}.json"
+    where, (fs, root) = _join(directory, name), filesystem(directory, storage)
     try:
-        manifest = _read_manifest(directory, f"ckpt-{step:09d}.json", storage)
-        fs, root = filesystem(directory, storage)
+        with fs.open(_join(root, name), "rb") as f:
+            manifest = json.loads(f.read())
         with fs.open(_join(root, manifest["npz"]), "rb") as f:
             payload = f.read()
         if hashlib.sha256(payload).hexdigest() != manifest["sha256"]:
             raise CheckpointError(f"{where}: checksum mismatch (truncated or corrupt .npz)")
         with np.load(io.BytesIO(payload), allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}
+        for k, spec in manifest["arrays"].items():
+            a = arrays.get(k)
+            if a is None or list(a.shape) != spec["shape"] or str(a.dtype) != spec["dtype"]:
+                raise CheckpointError(f"{where}: array {k!r} does not match its manifest {spec}")
     except CheckpointError:
         raise
-    except (OSError, DataError, ValueError, KeyError) as e:  # JSON, zip and npz errors are ValueErrors
+    except (OSError, DataError, ValueError, KeyError, TypeError, AttributeError) as e:  # JSON, zip, npz: ValueError
         raise CheckpointError(f"{where}: unreadable: {type(e).__name__}: {e}") from None
-    for k, spec in manifest["arrays"].items():
-        a = arrays.get(k)
-        if a is None or list(a.shape) != spec["shape"] or str(a.dtype) != spec["dtype"]:
-            raise CheckpointError(f"{where}: array {k!r} does not match its manifest {spec}")
     return arrays, manifest
 
 
 def load_latest(directory: str, storage: Storage = Storage()) -> tuple[dict[str, np.ndarray], dict] | None:
-    """The newest checkpoint that loads and verifies, skipping broken ones with a warning; None if none."""
-    for step in reversed(steps(directory, storage)):
+    """The newest checkpoint that loads and verifies, skipping broken ones with a warning; None if
+    there is none; CheckpointError if there are some but none loads (never start over silently)."""
+    found, errors = steps(directory, storage), []
+    for step in reversed(found):
         try:
             return load(directory, step, storage)
         except CheckpointError as e:
             warnings.warn(f"skipping checkpoint: {e}", stacklevel=2)
+            errors.append(e)
+    if errors:
+        raise CheckpointError(f"none of the {len(found)} checkpoints in {directory} can be used; newest: {errors[0]}")
     return None

@@ -24,7 +24,7 @@ from mgdist.evaluate import write_report
 from mgdist.metrics import QuantileStats
 from mgdist.model import QuantileModel
 from mgdist.report import Progress, format_summary
-from mgdist.server import ParameterServer, TrainingError
+from mgdist.server import ParameterServer, TrainingError, make_optimizer
 from mgdist.worker import Worker, build_model
 
 DEFAULT_DATA = dict(rows=400_000, features=16, files=4, row_group_rows=16384, seed=0)
@@ -65,7 +65,12 @@ def _result(refs, timeout: float | None = None):
 
 
 def _one_line(e: BaseException) -> str:
-    return f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+    """Type and first line of an error; of its root cause for Ray's task errors, with the actor it names."""
+    while isinstance(e, ray.exceptions.RayTaskError) and e.cause is not None:
+        e = e.cause
+    lines = str(e).strip().splitlines() or [""]
+    actor = next((line.split(":", 1)[1].strip() for line in lines if line.strip().startswith("name:")), "")
+    return f"{type(e).__name__}: {lines[0]}{f' ({actor})' if actor else ''}"
 
 
 def _cpus(arch: str | None) -> float:
@@ -180,6 +185,10 @@ def _restore(config: Config, ds: data.Dataset, model: QuantileModel) -> dict | N
         raise checkpoint.CheckpointError(f"{where} was trained on other data than {ds.uri} "
                                          "(files, sizes or columns differ)")
     optimizer = {k.removeprefix("opt."): v for k, v in arrays.items() if k.startswith("opt.")}
+    try:  # here, not in the server, where it would fail again on every restart
+        make_optimizer(config, model.params.size, total_steps=1).load_state_dict(optimizer)
+    except ValueError as e:
+        raise checkpoint.CheckpointError(f"{where} does not fit --optimizer {config.optimizer}: {e}") from None
     return {"step": manifest["step"], "params": arrays["params"], "optimizer": optimizer}
 
 
@@ -227,18 +236,19 @@ def train(config: Config) -> dict:
                 grads = [w.grad.remote(weights, step, b, fleet.steps_per_epoch)
                          for w, b in zip(fleet.actors, fleet.batches)]
                 weights = server.apply.remote(step, *grads)
-                in_flight.append((step + 1, weights))
                 step += 1
+                log = step % config.log_every == 0 or step == total
+                save = config.checkpoint_dir and (step == total or config.checkpoint_every and step % config.checkpoint_every == 0)
+                # at a log or checkpoint point, the server's state right after this step, taken in its turn
+                in_flight.append((step, weights, server.state.remote() if log or save else None, save))
             if len(in_flight) <= IN_FLIGHT and step < total:
                 continue
-            done, ref = in_flight.popleft()
+            done, ref, state_ref, save = in_flight.popleft()
             if not ray.wait([ref], timeout=config.step_timeout, fetch_local=False)[0]:
                 raise ray.exceptions.GetTimeoutError(f"no step finished in {config.step_timeout:g} s")
-            log = done % config.log_every == 0 or done == total
-            save = config.checkpoint_dir and (done == total or config.checkpoint_every and done % config.checkpoint_every == 0)
-            if log or save:
+            if state_ref is not None:
                 _result(ref)  # raises if this step failed
-                state = _result(server.state.remote(), timeout=config.step_timeout)
+                state = _result(state_ref, timeout=config.step_timeout)
                 for message in state["skips"]:
                     progress.log(message)
                 train_loss = state["train_loss"]

@@ -1,0 +1,283 @@
+"""Faults survived on a real local Ray, each injected into a real run of jobs/quantile.py.
+
+The driver runs as a child process joined to this module's Ray (or, to be SIGKILLed, with a
+Ray of its own); the test finds its named actors, waits until the metrics file shows
+training under way, and kills something. A run that survives must end with the same
+parameters as the uninterrupted run: no step lost, none applied twice.
+"""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import ray
+from ray.cluster_utils import Cluster
+
+from mgdist import checkpoint, data, synthetic
+from mgdist.trainer import split_batch
+from mgdist.worker import epoch_order, split_rows
+
+JOB = Path(__file__).resolve().parents[1] / "jobs" / "quantile.py"
+STEPS, BATCH, SEED, VAL = 240, 600, 3, 0.1
+
+
+@pytest.fixture(scope="module")
+def ray_address():
+    ray.init(address="local", num_cpus=2, object_store_memory=200 * 2**20, include_dashboard=False)  # never another's
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> str:
+    path = str(tmp_path_factory.mktemp("data") / "train")
+    synthetic.write(path, rows=12000, features=6, files=2, row_group_rows=1000, seed=1, progress=False)
+    return path
+
+
+def job_args(data_path: str, ckpt: Path, *extra: str) -> list[str]:
+    return ["--data", data_path, "--hidden", "16", "--batch-size", str(BATCH), "--steps", str(STEPS),
+            "--lr", "0.01", "--warmup-steps", "10", "--seed", str(SEED), "--val-fraction", str(VAL),
+            "--log-every", "5", "--checkpoint-dir", str(ckpt), "--checkpoint-every", "40",
+            "--step-timeout", "60", "--placement-timeout", "30", *extra]
+
+
+class Driver:
+    """jobs/quantile.py in a child process; its output, metrics and summary in files under `where`."""
+
+    def __init__(self, where: Path, args: list[str], env: dict | None = None):
+        where.mkdir(parents=True, exist_ok=True)
+        self.older = {a["name"] for a in ray.util.list_named_actors(all_namespaces=True)} if ray.is_initialized() else set()
+        self.metrics, self.summary_path, self.log_path = where / "metrics.jsonl", where / "summary.json", where / "log"
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, str(JOB), *args, "--metrics", str(self.metrics), "--summary-json",
+                 str(self.summary_path)], stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+    def step(self) -> int:
+        """The last step in the metrics file (0 before the first)."""
+        lines = self.metrics.read_text().splitlines() if self.metrics.exists() else []
+        return json.loads(lines[-1])["step"] if lines else 0
+
+    def wait_until(self, ready, what: str, timeout: float = 120):
+        """Poll ready() until it returns something true, while the driver runs."""
+        deadline = time.monotonic() + timeout
+        while not (found := ready()):
+            assert self.process.poll() is None, f"driver exited ({self.process.returncode}) before {what}:\n{self.log}"
+            assert time.monotonic() < deadline, f"no {what} within {timeout} s:\n{self.log}"
+            time.sleep(0.01)
+        return found
+
+    def finish(self, timeout: float = 180) -> int:
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            raise AssertionError(f"driver still running after {timeout} s:\n{self.log}") from None
+
+    def actors(self, kind: str) -> dict[int, ray.actor.ActorHandle]:
+        """This run's live actors of a kind ("worker" or "server"), by worker rank (server: 0)."""
+        found = [a for a in ray.util.list_named_actors(all_namespaces=True)
+                 if a["name"].startswith(f"mgdist-{kind}-") and a["name"] not in self.older]
+        return {int(a["name"].split("-")[2]) if kind == "worker" else 0: ray.get_actor(a["name"], namespace=a["namespace"])
+                for a in found}
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    @property
+    def summary(self) -> dict:
+        return json.loads(self.summary_path.read_text())
+
+
+def final_params(ckpt: Path, step: int = STEPS) -> np.ndarray:
+    arrays, manifest = checkpoint.load(str(ckpt), step)
+    assert manifest["step"] == step
+    return arrays["params"]
+
+
+@pytest.fixture(scope="module")
+def reference(ray_address, dataset, tmp_path_factory) -> np.ndarray:
+    """Final parameters of the uninterrupted run."""
+    where = tmp_path_factory.mktemp("reference")
+    run = Driver(where, job_args(dataset, where / "ckpt", "--address", ray_address))
+    assert run.finish() == 0, run.log
+    assert run.summary["failures_survived"] == 0
+    return final_params(where / "ckpt")
+
+
+def assert_same_as_reference(params: np.ndarray, reference: np.ndarray) -> None:
+    assert np.isfinite(params).all()
+    np.testing.assert_allclose(params, reference, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("how", ["ray.kill", "SIGKILL"])
+def test_worker_killed_mid_run_is_replaced_and_its_steps_recomputed(ray_address, dataset, reference, tmp_path, how):
+    run = Driver(tmp_path, job_args(dataset, tmp_path / "ckpt", "--address", ray_address))
+    worker = run.wait_until(lambda: run.actors("worker").get(1), "worker 1")
+    pid = ray.get(worker.ready.remote())["pid"]
+    killed_after = run.wait_until(lambda: run.step() >= 30 and run.step(), "step 30")
+    if how == "ray.kill":
+        ray.kill(worker, no_restart=False)
+    else:
+        os.kill(pid, signal.SIGKILL)
+    assert run.finish() == 0, run.log
+    assert killed_after < STEPS
+    assert "failure 1 near step" in run.log and "replaced worker(s) [1] on their shards" in run.log, run.log
+    assert run.summary["failures_survived"] == 1 and run.summary["workers"] == 2
+    assert_same_as_reference(final_params(tmp_path / "ckpt"), reference)
+
+
+def test_parameter_server_killed_is_restored_and_lost_steps_replayed(ray_address, dataset, reference, tmp_path):
+    run = Driver(tmp_path, job_args(dataset, tmp_path / "ckpt", "--address", ray_address))
+    server = run.wait_until(lambda: run.actors("server").get(0), "the parameter server")
+    run.wait_until(lambda: run.step() >= 50, "step 50")
+    ray.kill(server, no_restart=False)
+    assert run.finish() == 0, run.log
+    assert "parameter server lost: restored step" in run.log, run.log
+    assert run.summary["failures_survived"] == 1
+    assert_same_as_reference(final_params(tmp_path / "ckpt"), reference)
+
+
+def test_failures_beyond_max_failures_stop_the_run(ray_address, dataset, tmp_path):
+    run = Driver(tmp_path, job_args(dataset, tmp_path / "ckpt", "--address", ray_address, "--max-failures", "0"))
+    worker = run.wait_until(lambda: run.actors("worker").get(0), "worker 0")
+    run.wait_until(lambda: run.step() >= 45, "step 45")
+    ray.kill(worker)
+    assert run.finish() == 2, run.log
+    assert "error: giving up after 1 failures (--max-failures 0); last: ActorDiedError: " in run.log, run.log
+    assert 40 <= checkpoint.steps(str(tmp_path / "ckpt"))[-1] < STEPS  # the run stopped, its checkpoints kept
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below `pid`, from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        try:
+            stat = (entry / "stat").read_text() if entry.name.isdigit() else None
+        except (FileNotFoundError, ProcessLookupError):  # ended meanwhile
+            continue
+        if stat:
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        below = children.get(todo.pop(), [])
+        found += below
+        todo += below
+    return found
+
+
+def test_driver_killed_mid_run_resumes_from_latest_checkpoint(ray_address, dataset, reference, tmp_path):
+    ray_tmp = tempfile.mkdtemp(prefix="mgray")  # short: Ray's socket paths must fit in 107 bytes
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"RAY_TMPDIR": ray_tmp}
+    first = Driver(tmp_path / "first", job_args(dataset, tmp_path / "ckpt", "--address", "local"), env=env)  # own Ray
+    ckpt = str(tmp_path / "ckpt")
+    try:
+        first.wait_until(lambda: os.path.isdir(ckpt) and checkpoint.steps(ckpt) and checkpoint.steps(ckpt)[-1] >= 80,
+                         "checkpoint 80", timeout=180)
+        ray_processes = _descendants(first.process.pid)
+        first.process.send_signal(signal.SIGKILL)
+        assert first.process.wait() == -signal.SIGKILL
+    finally:
+        for pid in _descendants(first.process.pid) + locals().get("ray_processes", []):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    saved = checkpoint.steps(ckpt)
+    assert 80 <= saved[-1] < STEPS, saved
+
+    again = Driver(tmp_path / "again", job_args(dataset, tmp_path / "ckpt", "--address", ray_address, "--resume"))
+    assert again.finish() == 0, again.log
+    assert f"steps {saved[-1]}..{STEPS} " in again.log, again.log
+    assert_same_as_reference(final_params(tmp_path / "ckpt"), reference)
+
+
+def poisoned_copy(src: str, dst: Path, file: int, row: int) -> None:
+    """Copy a dataset with one huge target value (finite, but its pinball loss overflows float32)."""
+    dst.mkdir()
+    for path in sorted(Path(src).glob("*.parquet")):
+        table = pq.read_table(path)
+        if path.name == f"part-{file:05d}.parquet":
+            y = table.column("y").to_numpy().copy()
+            y[row] = 3e38
+            table = table.set_column(table.schema.get_field_index("y"), "y", [y])
+        pq.write_table(table, dst / path.name, row_group_size=1000)
+
+
+def worker_steps(data_path: str, rank: int, workers: int = 2) -> list[np.ndarray]:
+    """The rows (of its shard) of worker `rank`'s part of each step, as the trainer plans them."""
+    ds = data.discover(data_path)
+    shards = [sum(ds.group_rows[g] for g in s) for s in data.plan_shards(ds.group_rows, workers)]
+    trains = [split_rows(n, VAL, SEED, r)[0] for r, n in enumerate(shards)]
+    batches = split_batch(BATCH, [len(t) for t in trains])
+    per_epoch, b = min(len(t) // n for t, n in zip(trains, batches)), batches[rank]
+    return [epoch_order(trains[rank], SEED, rank, step // per_epoch)[step % per_epoch * b:][:b]
+            for step in range(STEPS)]
+
+
+@pytest.fixture(scope="module")
+def poisoned(dataset, tmp_path_factory) -> tuple[str, list[int]]:
+    """A copy of the dataset with one overflowing target in worker 1's shard, first met after a few
+    checkpoints (every 5 steps); and the steps that meet it."""
+    rows = worker_steps(dataset, rank=1)  # worker 1's shard is file 1
+    first = {}
+    for step, batch in enumerate(rows):
+        for r in batch:
+            first.setdefault(int(r), step)
+    row = next(r for r, step in first.items() if 10 <= step <= 15)
+    path = tmp_path_factory.mktemp("poisoned") / "train"
+    poisoned_copy(dataset, path, file=1, row=row)
+    return str(path), [s for s in range(STEPS) if row in rows[s]]
+
+
+def test_nonfinite_loss_stops_naming_step_and_worker(ray_address, poisoned, tmp_path):
+    path, bad_steps = poisoned
+    run = Driver(tmp_path, job_args(path, tmp_path / "ckpt", "--address", ray_address, "--checkpoint-every", "5"))
+    assert run.finish() == 2, run.log
+    assert f"error: step {bad_steps[0]}: non-finite gradient or loss from worker(s) [1]\n" in run.log, run.log
+    saved = checkpoint.steps(str(tmp_path / "ckpt"))
+    assert saved and saved[-1] <= bad_steps[0], saved  # only states from before the bad step
+    for step in saved:
+        assert np.isfinite(checkpoint.load(str(tmp_path / "ckpt"), step)[0]["params"]).all()
+
+
+def test_nonfinite_steps_are_skipped_when_asked(ray_address, poisoned, tmp_path):
+    path, bad_steps = poisoned
+    run = Driver(tmp_path, job_args(path, tmp_path / "ckpt", "--address", ray_address, "--on-nonfinite", "skip"))
+    assert run.finish() == 0, run.log
+    skipped = [int(line.split()[1].rstrip(":")) for line in run.log.splitlines() if line.endswith(": step skipped")]
+    assert skipped == bad_steps, run.log
+    arrays, _ = checkpoint.load(str(tmp_path / "ckpt"), STEPS)
+    assert np.isfinite(arrays["params"]).all()
+    assert int(arrays["opt.steps"]) == STEPS - len(bad_steps)  # the optimiser counts applied updates only
+
+
+def test_node_removed_mid_run_replans_shards_over_the_rest(dataset, tmp_path):
+    cluster = Cluster(initialize_head=True, connect=False, head_node_args=dict(
+        num_cpus=0, include_dashboard=False, object_store_memory=100 * 2**20,
+        _system_config={"health_check_period_ms": 500, "health_check_failure_threshold": 4}))  # dead in ~2 s
+    try:
+        nodes = [cluster.add_node(num_cpus=1, object_store_memory=100 * 2**20) for _ in range(3)]
+        run = Driver(tmp_path, job_args(dataset, tmp_path / "ckpt", "--address", cluster.address, "--workers", "3",
+                                        "--placement-timeout", "5"))
+        run.wait_until(lambda: run.step() >= 30, "step 30", timeout=180)
+        cluster.remove_node(nodes[1], allow_graceful=False)
+        assert run.finish() == 0, run.log
+    finally:
+        cluster.shutdown()
+    assert "could not be replaced; shards re-planned over 2 workers" in run.log, run.log
+    assert run.summary["workers"] == 2 and run.summary["failures_survived"] == 1
+    _, manifest = checkpoint.load(str(tmp_path / "ckpt"), STEPS)
+    assert manifest["data_order"]["workers"] == 2
