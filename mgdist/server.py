@@ -41,7 +41,7 @@ class ParameterServer:
         self.mean_grad = np.empty_like(self.params)
         self.window = [0.0, 0]  # loss sum and rows since the last state() call
         self.loss = float("nan")  # mean training loss of the last window that had steps
-        self.skips: list[str] = []  # the steps skipped since the last state() call, and why
+        self.skips: list[str] = []  # every step this server skipped, and why
 
     def apply(self, step: int, *results: tuple[np.ndarray, int, float]) -> np.ndarray:
         """Average (gradient sum, rows, loss sum) of every worker, step once; return new weights.
@@ -74,10 +74,10 @@ class ParameterServer:
 
     def state(self) -> dict:
         """Step, parameters and optimiser state (what a checkpoint holds), the mean training loss
-        since the last call (or the last known one), and the steps skipped since then."""
+        since the last call (or the last known one), and every step skipped so far."""
         if self.window[1]:
             self.loss = self.window[0] / self.window[1]
         state = {"step": self.step, "params": self.params.copy(), "optimizer": self.opt.state_dict(),
-                 "train_loss": self.loss, "skips": self.skips}
-        self.window, self.skips = [0.0, 0], []
+                 "train_loss": self.loss, "skips": list(self.skips)}
+        self.window = [0.0, 0]
         return state

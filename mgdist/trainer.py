@@ -229,7 +229,7 @@ def train(config: Config) -> dict:
                      + f"; rows per step: {fleet.batches}")
 
     t_loop, failures, step, train_loss = time.perf_counter(), 0, state["step"], float("nan")
-    weights, in_flight = ray.put(state["params"]), collections.deque()
+    weights, in_flight, skips_logged = ray.put(state["params"]), collections.deque(), set()
     while step < total or in_flight:
         try:
             if step < total:
@@ -249,8 +249,10 @@ def train(config: Config) -> dict:
             if state_ref is not None:
                 _result(ref)  # raises if this step failed
                 state = _result(state_ref, timeout=config.step_timeout)
-                for message in state["skips"]:
-                    progress.log(message)
+                for message in state["skips"]:  # all so far: a replay or a discarded state loses none
+                    if message not in skips_logged:
+                        progress.log(message)
+                        skips_logged.add(message)
                 train_loss = state["train_loss"]
                 progress.update(done, train_loss=train_loss)
             if save:

@@ -64,7 +64,8 @@ class Driver:
 
     def step(self) -> int:
         """The last step in the metrics file (0 before the first)."""
-        lines = self.metrics.read_text().splitlines() if self.metrics.exists() else []
+        text = self.metrics.read_text() if self.metrics.exists() else ""
+        lines = text[:text.rfind("\n") + 1].splitlines()  # whole lines only: the driver may be mid-write
         return json.loads(lines[-1])["step"] if lines else 0
 
     def wait_until(self, ready, what: str, timeout: float = 120):
@@ -253,12 +254,17 @@ def test_nonfinite_loss_stops_naming_step_and_worker(ray_address, poisoned, tmp_
         assert np.isfinite(checkpoint.load(str(tmp_path / "ckpt"), step)[0]["params"]).all()
 
 
-def test_nonfinite_steps_are_skipped_when_asked(ray_address, poisoned, tmp_path):
+def test_nonfinite_steps_are_skipped_when_asked_even_across_a_replay(ray_address, poisoned, tmp_path):
     path, bad_steps = poisoned
     run = Driver(tmp_path, job_args(path, tmp_path / "ckpt", "--address", ray_address, "--on-nonfinite", "skip"))
+    worker = run.wait_until(lambda: run.actors("worker").get(0), "worker 0")
+    skip = next(s for s in bad_steps if s % 5 and s > 40)  # kill just after the log point before a skipped step:
+    run.wait_until(lambda: run.step() >= skip // 5 * 5, f"step {skip // 5 * 5}")  # the server is a few steps ahead
+    ray.kill(worker, no_restart=False)  # and states taken meanwhile get discarded; the steps after are replayed
     assert run.finish() == 0, run.log
+    assert run.summary["failures_survived"] == 1
     skipped = [int(line.split()[1].rstrip(":")) for line in run.log.splitlines() if line.endswith(": step skipped")]
-    assert skipped == bad_steps, run.log
+    assert skipped == bad_steps, run.log  # each logged once, in order
     arrays, _ = checkpoint.load(str(tmp_path / "ckpt"), STEPS)
     assert np.isfinite(arrays["params"]).all()
     assert int(arrays["opt.steps"]) == STEPS - len(bad_steps)  # the optimiser counts applied updates only
