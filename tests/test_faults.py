@@ -270,20 +270,30 @@ def test_nonfinite_steps_are_skipped_when_asked_even_across_a_replay(ray_address
     assert int(arrays["opt.steps"]) == STEPS - len(bad_steps)  # the optimiser counts applied updates only
 
 
-def test_node_removed_mid_run_replans_shards_over_the_rest(dataset, tmp_path):
+def test_nodes_removed_mid_run_are_replaced_or_the_shards_replanned(dataset, tmp_path):
+    """A node lost while a new one comes up within --placement-timeout: its worker is replaced on the
+    same shard. A node lost for good: the shards are re-planned over the workers left."""
     cluster = Cluster(initialize_head=True, connect=False, head_node_args=dict(
         num_cpus=0, include_dashboard=False, object_store_memory=100 * 2**20,
         _system_config={"health_check_period_ms": 500, "health_check_failure_threshold": 4}))  # dead in ~2 s
+    node = dict(num_cpus=1, object_store_memory=100 * 2**20)
+    steps = 400
     try:
-        nodes = [cluster.add_node(num_cpus=1, object_store_memory=100 * 2**20) for _ in range(3)]
+        nodes = [cluster.add_node(**node) for _ in range(3)]
         run = Driver(tmp_path, job_args(dataset, tmp_path / "ckpt", "--address", cluster.address, "--workers", "3",
-                                        "--placement-timeout", "5"))
+                                        "--placement-timeout", "10", "--steps", str(steps)))
         run.wait_until(lambda: run.step() >= 30, "step 30", timeout=180)
+        cluster.remove_node(nodes[0], allow_graceful=False)
+        cluster.add_node(**node)
+        run.wait_until(lambda: "on their shards" in run.log or "re-planned" in run.log, "recovery", timeout=120)
+        run.wait_until(lambda: run.step() >= 150, "step 150", timeout=120)
         cluster.remove_node(nodes[1], allow_graceful=False)
         assert run.finish() == 0, run.log
     finally:
         cluster.shutdown()
-    assert "could not be replaced; shards re-planned over 2 workers" in run.log, run.log
-    assert run.summary["workers"] == 2 and run.summary["failures_survived"] == 1
-    _, manifest = checkpoint.load(str(tmp_path / "ckpt"), STEPS)
+    lines = [line for line in run.log.splitlines() if "on their shards" in line or "re-planned" in line]
+    assert len(lines) == 2 and lines[0].startswith("replaced worker(s) [") and lines[0].endswith("] on their shards")
+    assert lines[1].endswith("could not be replaced; shards re-planned over 2 workers"), run.log
+    assert run.summary["workers"] == 2 and run.summary["failures_survived"] == 2
+    _, manifest = checkpoint.load(str(tmp_path / "ckpt"), steps)
     assert manifest["data_order"]["workers"] == 2
