@@ -281,7 +281,7 @@ def test_nodes_removed_mid_run_are_replaced_or_the_shards_replanned(dataset, tmp
     try:
         nodes = [cluster.add_node(**node) for _ in range(3)]
         run = Driver(tmp_path, job_args(dataset, tmp_path / "ckpt", "--address", cluster.address, "--workers", "3",
-                                        "--placement-timeout", "10", "--steps", str(steps)))
+                                        "--placement-timeout", "12", "--steps", str(steps)))
         run.wait_until(lambda: run.step() >= 30, "step 30", timeout=180)
         cluster.remove_node(nodes[0], allow_graceful=False)
         cluster.add_node(**node)
