@@ -38,7 +38,7 @@ class Config:
     balance: str = "rows"              # shard sizes: equal "rows", or in proportion to measured "speed"
     slowdown: tuple[float, ...] = ()   # test setting: worker r's compute stretched slowdown[r] times
     placement_timeout: float = 120.0  # seconds for workers to be placed and load their shards
-    step_timeout: float = 600.0        # seconds without a finished step before the run counts as failed
+    step_timeout: float = 600.0        # seconds a step may take before the run counts as failed
     # checkpoints, faults, reporting
     checkpoint_dir: str | None = None
     checkpoint_every: int = 0          # steps; 0: only at the end
@@ -117,7 +117,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
     p.add_argument("--address", help="Ray address (default: RAY_ADDRESS, else a new local Ray)")
     p.add_argument("--placement-timeout", type=float, default=d.placement_timeout, help="seconds")
     p.add_argument("--step-timeout", type=float, default=d.step_timeout,
-                   help="seconds without progress before workers are checked and replaced")
+                   help="seconds a step may take before workers are checked and replaced")
     p.add_argument("--checkpoint-dir", help="local dir or s3:// prefix for checkpoints")
     p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every, help="steps (0: at the end)")
     p.add_argument("--keep-checkpoints", type=int, default=d.keep_checkpoints)

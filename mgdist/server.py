@@ -1,7 +1,8 @@
-"""ParameterServer actor: averages workers' gradients by rows and steps the optimiser once per step."""
+"""ParameterServer actor: drives the steps, averages workers' gradients by rows, steps the optimiser."""
 from __future__ import annotations
 
 import numpy as np
+import ray
 
 from micrograd import optim
 from mgdist.config import Config
@@ -9,10 +10,6 @@ from mgdist.config import Config
 
 class TrainingError(RuntimeError):
     """Training cannot start or go on; the message says why in one line."""
-
-
-class StepError(TrainingError):
-    """A step number arrived out of order: applying it would skip or repeat a step."""
 
 
 class NonFiniteError(TrainingError):
@@ -28,8 +25,13 @@ def make_optimizer(config: Config, size: int, total_steps: int) -> optim.Optimiz
     return optim.make(config.optimizer, size, lr, **kw)
 
 
+INLINE_BYTES = 100_000  # weights smaller than this travel inside each task message (Ray's inline limit)
+
+
 class ParameterServer:
-    """Holds the flat parameters and optimiser state; `apply` is the only way they change."""
+    """Holds the flat parameters and optimiser state, and drives the steps: each step sends the
+    weights to every worker and applies what they return. Its own step counter says which step
+    comes next, so no step can be applied twice or skipped, whatever the driver retries."""
 
     def __init__(self, config: Config, params: np.ndarray, total_steps: int, step: int = 0,
                  optimizer_state: dict | None = None):
@@ -43,16 +45,24 @@ class ParameterServer:
         self.loss = float("nan")  # mean training loss of the last window that had steps
         self.skips: list[str] = []  # every step this server skipped, and why
 
-    def apply(self, step: int, *results: tuple[np.ndarray, int, float]) -> np.ndarray:
-        """Average (gradient sum, rows, loss sum) of every worker, step once; return new weights.
+    def run(self, stop: int, workers: list, batches: list[int], steps_per_epoch: int) -> dict:
+        """Take steps until step `stop`, worker w computing `batches[w]` rows of each; then state().
+
+        A lost worker raises here (as the Ray error); the steps before it stay applied.
+        """
+        while self.step < stop:
+            weights = self.params if self.params.nbytes < INLINE_BYTES else ray.put(self.params)  # put: one copy, read zero-copy
+            self.apply(ray.get([w.grad.remote(weights, self.step, b, steps_per_epoch) for w, b in zip(workers, batches)]))
+        return self.state()
+
+    def apply(self, results: list[tuple[np.ndarray, int, float]]) -> None:
+        """Average (gradient sum, rows, loss sum) of every worker over rows; step once.
 
         A step whose gradient or loss is not finite stops training (NonFiniteError), or with
         on_nonfinite="skip" is consumed without touching the parameters or the optimiser: the
         optimiser's step count (its lr schedule and Adam's bias correction) counts only applied
         updates, so `step - opt.steps` is the number of skipped steps, in every saved state too.
         """
-        if step != self.step:
-            raise StepError(f"parameter server got step {step} but expects step {self.step}")
         rows = sum(r[1] for r in results)
         loss = sum(r[2] for r in results)
         np.copyto(self.mean_grad, results[0][0])
@@ -61,7 +71,7 @@ class ParameterServer:
         self.mean_grad /= np.float32(rows)
         if not (np.isfinite(loss) and np.isfinite(self.mean_grad).all()):
             bad = [w for w, (g, _, ls) in enumerate(results) if not (np.isfinite(ls) and np.isfinite(g).all())]
-            message = f"step {step}: non-finite gradient or loss from worker(s) {bad}"
+            message = f"step {self.step}: non-finite gradient or loss from worker(s) {bad}"
             if self.config.on_nonfinite == "error":
                 raise NonFiniteError(message)
             self.skips.append(f"{message}: step skipped")
@@ -70,7 +80,6 @@ class ParameterServer:
             self.window[0] += loss
             self.window[1] += rows
         self.step += 1
-        return self.params
 
     def state(self) -> dict:
         """Step, parameters and optimiser state (what a checkpoint holds), the mean training loss

@@ -1,14 +1,14 @@
 """train(config): data-parallel training on Ray, one loop from data plan to final report.
 
-The driver only passes object references: each step, every worker gets the latest weights
-(one object in Ray's store) and returns the gradient sum of its slice of the global batch;
-the parameter server averages them, steps the optimiser and returns the next weights.
-When a worker or the server is lost, the driver replaces it and replays from the server's
-last state, so no step is lost and none is applied twice.
+Each step the parameter server sends the weights to every worker, each worker returns the
+gradient sum of its slice of the global batch, and the server averages them by rows and
+steps the optimiser. The server drives the steps itself (one hop each way per step); the
+driver asks it to run up to the next log or checkpoint point, and when a worker or the
+server is lost, replaces it and replays from the server's last state, so no step is lost
+and none is applied twice.
 """
 from __future__ import annotations
 
-import collections
 import json
 import math
 import os
@@ -17,6 +17,7 @@ import uuid
 
 import numpy as np
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from mgdist import checkpoint, data, synthetic
 from mgdist.config import Config
@@ -28,7 +29,6 @@ from mgdist.server import ParameterServer, TrainingError, make_optimizer
 from mgdist.worker import Worker, build_model
 
 DEFAULT_DATA = dict(rows=400_000, features=16, files=4, row_group_rows=16384, seed=0)
-IN_FLIGHT = 3  # steps submitted ahead of the oldest unfinished one
 LOST = (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError, ray.exceptions.ObjectLostError,
         ray.exceptions.NodeDiedError, ray.exceptions.GetTimeoutError)  # failures a run recovers from
 
@@ -62,6 +62,12 @@ def _result(refs, timeout: float | None = None):
         if isinstance(e.cause, (data.DataError, TrainingError)):
             raise e.cause from None
         raise
+
+
+def _next_stop(step: int, total: int, config: Config) -> int:
+    """The next step at which to log or checkpoint."""
+    every = [config.log_every] + ([config.checkpoint_every] if config.checkpoint_dir and config.checkpoint_every else [])
+    return min([total] + [(step // n + 1) * n for n in every])
 
 
 def _one_line(e: BaseException) -> str:
@@ -216,7 +222,8 @@ def train(config: Config) -> dict:
     total = config.steps if config.steps is not None else max(1, math.ceil(config.epochs * spe))
 
     def new_server(s: dict):
-        return ray.remote(ParameterServer).options(num_cpus=0, name=f"mgdist-server-{uuid.uuid4().hex[:8]}").remote(
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+        return ray.remote(ParameterServer).options(num_cpus=0, scheduling_strategy=here, name=f"mgdist-server-{uuid.uuid4().hex[:8]}").remote(
             config, s["params"], total, s["step"], s["optimizer"])
 
     server = new_server(state)
@@ -228,51 +235,36 @@ def train(config: Config) -> dict:
         progress.log("measured speeds (rows/s): " + ", ".join(f"{s:,.0f}" for s in fleet.speeds)
                      + f"; rows per step: {fleet.batches}")
 
-    t_loop, failures, step, train_loss = time.perf_counter(), 0, state["step"], float("nan")
-    weights, in_flight, skips_logged = ray.put(state["params"]), collections.deque(), set()
-    while step < total or in_flight:
-        try:
-            if step < total:
-                grads = [w.grad.remote(weights, step, b, fleet.steps_per_epoch)
-                         for w, b in zip(fleet.actors, fleet.batches)]
-                weights = server.apply.remote(step, *grads)
-                step += 1
-                log = step % config.log_every == 0 or step == total
-                save = config.checkpoint_dir and (step == total or config.checkpoint_every and step % config.checkpoint_every == 0)
-                # at a log or checkpoint point, the server's state right after this step, taken in its turn
-                in_flight.append((step, weights, server.state.remote() if log or save else None, save))
-            if len(in_flight) <= IN_FLIGHT and step < total:
-                continue
-            done, ref, state_ref, save = in_flight.popleft()
-            if not ray.wait([ref], timeout=config.step_timeout, fetch_local=False)[0]:
-                raise ray.exceptions.GetTimeoutError(f"no step finished in {config.step_timeout:g} s")
-            if state_ref is not None:
-                _result(ref)  # raises if this step failed
-                state = _result(state_ref, timeout=config.step_timeout)
-                for message in state["skips"]:  # all so far: a replay or a discarded state loses none
-                    if message not in skips_logged:
-                        progress.log(message)
-                        skips_logged.add(message)
-                train_loss = state["train_loss"]
-                progress.update(done, train_loss=train_loss)
-            if save:
-                _save(config, ds, model, fleet, state)
+    t_loop, failures, train_loss, skips_logged = time.perf_counter(), 0, float("nan"), set()
+    while state["step"] < total:
+        step, stop = state["step"], _next_stop(state["step"], total, config)
+        try:  # the server drives the steps up to the next log or checkpoint point
+            state = _result(server.run.remote(stop, fleet.actors, fleet.batches, fleet.steps_per_epoch),
+                            timeout=config.step_timeout * (stop - step))
         except LOST as e:
             failures += 1
             if failures > config.max_failures:
                 raise TrainingError(f"giving up after {failures} failures (--max-failures "
                                     f"{config.max_failures}); last: {_one_line(e)}") from None
-            progress.log(f"failure {failures} near step {step}: {_one_line(e)}")
             try:
                 state = _result(server.state.remote(), timeout=30)
+                progress.log(f"failure {failures} at step {state['step']}: {_one_line(e)}")
             except LOST:
                 ray.kill(server)
                 server = new_server(state)
-                progress.log(f"parameter server lost: restored step {state['step']}, replaying from there")
+                progress.log(f"failure {failures}: {_one_line(e)}; parameter server lost: restored step "
+                             f"{state['step']}, replaying from there")
             progress.log(fleet.heal())
-            step, in_flight = state["step"], collections.deque()
-            weights = ray.put(state["params"])
-    final = np.array(_result(weights))
+            continue
+        for message in state["skips"]:  # all so far: a replay or a discarded state loses none
+            if message not in skips_logged:
+                progress.log(message)
+                skips_logged.add(message)
+        train_loss = state["train_loss"]
+        progress.update(stop, train_loss=train_loss)
+        if config.checkpoint_dir and (stop == total or config.checkpoint_every and stop % config.checkpoint_every == 0):
+            _save(config, ds, model, fleet, state)
+    final = state["params"]
     loop_s = time.perf_counter() - t_loop
     busy_s = np.mean(_result([w.busy.remote() for w in fleet.actors]))
     progress.close()

@@ -133,7 +133,7 @@ def test_worker_killed_mid_run_is_replaced_and_its_steps_recomputed(ray_address,
         os.kill(pid, signal.SIGKILL)
     assert run.finish() == 0, run.log
     assert killed_after < STEPS
-    assert "failure 1 near step" in run.log and "replaced worker(s) [1] on their shards" in run.log, run.log
+    assert "failure 1 at step" in run.log and "replaced worker(s) [1] on their shards" in run.log, run.log
     assert run.summary["failures_survived"] == 1 and run.summary["workers"] == 2
     assert_same_as_reference(final_params(tmp_path / "ckpt"), reference)
 
