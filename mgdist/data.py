@@ -205,7 +205,7 @@ def plan_shards(group_rows: Sequence[int], k: int, weights: Sequence[float] | No
     return [groups[a:b] for a, b in zip(cuts, cuts[1:])]
 
 
-def _copy_columns(table: pa.Table, names: Sequence[str], out: np.ndarray) -> None:
+def copy_columns(table: pa.Table, names: Sequence[str], out: np.ndarray) -> None:
     """Copy the named columns of `table` into the columns of `out`, converting to float32."""
     columns = [table.column(n).to_numpy() for n in names]  # zero-copy for float32 without nulls
     step = max(1, CHUNK_BYTES // out.strides[0])  # fill X block by block, each block in cache
@@ -248,7 +248,7 @@ def load_shard(ds: Dataset, groups: Sequence[int], nonfinite: str = "error") -> 
                     raise DataError(f"{where}: {table.num_rows} rows, not {info.row_groups[g]}: "
                                     "the file changed since it was discovered")
                 rows = slice(filled, filled + table.num_rows)
-                _copy_columns(table, ds.features, X[rows])
+                copy_columns(table, ds.features, X[rows])
                 y[rows] = table.column(ds.target).to_numpy()
                 finite = np.isfinite(X[rows]).all(axis=1) & np.isfinite(y[rows])
                 if finite.all():

@@ -17,9 +17,9 @@ import pyarrow.parquet as pq
 import ray
 from tqdm import tqdm
 
-from mgdist.data import DataError, Dataset, Storage, _copy_columns, filesystem, plan_shards, reraise
+from mgdist.data import DataError, Dataset, Storage, copy_columns, filesystem, plan_shards, reraise
 from mgdist.evaluate import build, dataset_for, load_model
-from mgdist.trainer import _result
+from mgdist.fleet import ray_get
 
 TASK_ROWS = 1 << 18  # rows per task, at most a row group more: the progress bar moves a task at a time
 
@@ -66,7 +66,7 @@ def _predict_groups(params: np.ndarray, manifest: dict, ds: Dataset, groups: lis
             for g in run:
                 table = pf.read_row_group(g, columns=columns)
                 X = np.empty((table.num_rows, len(ds.features)), np.float32)
-                _copy_columns(table, ds.features, X)
+                copy_columns(table, ds.features, X)
                 pred = model.predict(X)
                 writer.write_table(pa.table([*table.select(keep).columns, *pred.T], schema=file_schema))
         written.append(prefix + path)
@@ -95,6 +95,6 @@ def predict(checkpoint: str, data: str, out: str, keep: Sequence[str] | None = N
     with tqdm(total=ds.rows, unit="rows", unit_scale=True, disable=not progress) as bar:
         while pending:
             [done], _ = ray.wait(list(pending))
-            written += _result(done)
+            written += ray_get(done)
             bar.update(pending.pop(done))
     return sorted(written)

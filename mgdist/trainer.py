@@ -22,15 +22,14 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from mgdist import checkpoint, data, synthetic
 from mgdist.config import Config
 from mgdist.evaluate import write_report
+from mgdist.fleet import LOST, Fleet, ray_get
 from mgdist.metrics import QuantileStats
 from mgdist.model import QuantileModel
 from mgdist.report import Progress, format_summary
 from mgdist.server import ParameterServer, TrainingError, make_optimizer
-from mgdist.worker import Worker, build_model
+from mgdist.worker import build_model
 
 DEFAULT_DATA = dict(rows=400_000, features=16, files=4, row_group_rows=16384, seed=0)
-LOST = (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError, ray.exceptions.ObjectLostError,
-        ray.exceptions.NodeDiedError, ray.exceptions.GetTimeoutError)  # failures a run recovers from
 
 
 def default_dataset() -> str:
@@ -43,25 +42,6 @@ def default_dataset() -> str:
         synthetic.write(tmp, **d, progress=False)
         os.replace(tmp, path)
     return path
-
-
-def split_batch(batch: int, rows: list[int]) -> list[int]:
-    """Rows per step of each worker: `batch` split in proportion to `rows` (largest remainder)."""
-    exact = [batch * r / sum(rows) for r in rows]
-    share = [int(x) for x in exact]
-    for i in sorted(range(len(rows)), key=lambda i: share[i] - exact[i])[:batch - sum(share)]:
-        share[i] += 1
-    return share
-
-
-def _result(refs, timeout: float | None = None):
-    """ray.get, with our own errors raised inside an actor surfacing as themselves."""
-    try:
-        return ray.get(refs, timeout=timeout)
-    except ray.exceptions.RayTaskError as e:
-        if isinstance(e.cause, (data.DataError, TrainingError)):
-            raise e.cause from None
-        raise
 
 
 def _next_stop(step: int, total: int, config: Config) -> int:
@@ -77,96 +57,6 @@ def _one_line(e: BaseException) -> str:
     lines = str(e).strip().splitlines() or [""]
     actor = next((line.split(":", 1)[1].strip() for line in lines if line.strip().startswith("name:")), "")
     return f"{type(e).__name__}: {lines[0]}{f' ({actor})' if actor else ''}"
-
-
-def _cpus(arch: str | None) -> float:
-    """CPUs of the live nodes that offer `arch` (every live node when None)."""
-    return sum(n["Resources"].get("CPU", 0) for n in ray.nodes()
-               if n["Alive"] and (arch is None or n["Resources"].get(f"arch_{arch}", 0) > 0))
-
-
-def _worker_options(config: Config) -> list[dict]:
-    """Ray options of each worker (CPUs, architecture resource, spread over nodes), once the
-    cluster has room for them all; an autoscaler may still be adding nodes, so wait a while."""
-    archs = [a for a, n in sorted(config.arch_workers.items()) for _ in range(n)] or [None] * config.workers
-    deadline = time.monotonic() + config.placement_timeout
-    while short := {a or "any": (archs.count(a) * config.cpus_per_worker, _cpus(a)) for a in set(archs)
-                    if archs.count(a) * config.cpus_per_worker > _cpus(a)}:
-        if time.monotonic() > deadline:
-            raise TrainingError("the cluster cannot place the workers: " + "; ".join(
-                f"{arch} nodes need {need:g} CPUs, have {have:g}" for arch, (need, have) in sorted(short.items()))
-                + f" (waited {config.placement_timeout:g} s for nodes)")
-        time.sleep(1)
-    return [dict(num_cpus=config.cpus_per_worker, resources={f"arch_{a}": 0.001} if a else {},
-                 scheduling_strategy="SPREAD") for a in archs]
-
-
-class Fleet:
-    """The worker actors, one per shard; replaces lost ones, or re-plans the shards over fewer."""
-
-    def __init__(self, config: Config, ds: data.Dataset):
-        self.config, self.ds = config, ds
-        self.options = _worker_options(config)
-        self.start()
-
-    def start(self) -> None:
-        k = len(self.options)
-        self.shards = data.plan_shards(self.ds.group_rows, k)
-        self.actors = [self._spawn(rank) for rank in range(k)]
-        self.info = self._wait(range(k))
-        if self.config.balance == "speed" and k > 1:  # time each worker, then size shards by speed
-            probe = max(1, min(self.config.batch_size // k, *(i["train"] for i in self.info)))
-            self.speeds = _result([a.speed.remote(probe) for a in self.actors])
-            self.shards = data.plan_shards(self.ds.group_rows, k, weights=self.speeds)
-            self.info = _result([a.reshard.remote(s) for a, s in zip(self.actors, self.shards)])
-        self.batches = split_batch(self.config.batch_size, [s["train"] for s in self.info])
-        self.steps_per_epoch = min(s["train"] // b if b else 0 for s, b in zip(self.info, self.batches))
-        if self.steps_per_epoch < 1:
-            raise TrainingError(f"batch size {self.config.batch_size} does not fit the training rows "
-                                f"of the {k} shards: {[s['train'] for s in self.info]}")
-
-    def _spawn(self, rank: int):
-        name = f"mgdist-worker-{rank}-{uuid.uuid4().hex[:8]}"  # unique: the lost one may still hold its name
-        return ray.remote(Worker).options(**self.options[rank], name=name).remote(
-            self.config, self.ds, self.shards[rank], rank)
-
-    def _wait(self, ranks) -> list[dict]:
-        refs = [self.actors[r].ready.remote() for r in ranks]
-        _, waiting = ray.wait(refs, num_returns=len(refs), timeout=self.config.placement_timeout)
-        if waiting:
-            free = {k: v for k, v in ray.available_resources().items() if k == "CPU" or k.startswith("arch_")}
-            raise TrainingError(f"{len(waiting)} of {len(refs)} workers were not placed and loaded within "
-                                f"{self.config.placement_timeout:g} s; free: {free}")
-        return _result(refs)
-
-    def heal(self) -> str:
-        """Replace lost workers (same shards); if they cannot be placed, re-plan over the rest."""
-        lost = []
-        for rank, actor in enumerate(self.actors):
-            try:
-                ray.get(actor.ready.remote(), timeout=30)
-            except LOST:
-                lost.append(rank)
-                ray.kill(actor)
-        if not lost:
-            return "all workers answer"
-        for rank in lost:
-            self.actors[rank] = self._spawn(rank)
-        try:
-            self._wait(lost)
-            return f"replaced worker(s) {lost} on their shards"
-        except TrainingError:
-            for actor in self.actors:
-                ray.kill(actor)
-            self.options = [o for rank, o in enumerate(self.options) if rank not in lost]
-            if not self.options:
-                raise TrainingError("every worker was lost and none could be replaced") from None
-            self.start()
-            return f"worker(s) {lost} could not be replaced; shards re-planned over {len(self.options)} workers"
-
-    def stop(self) -> None:
-        for actor in self.actors:
-            ray.kill(actor)
 
 
 def _restore(config: Config, ds: data.Dataset, model: QuantileModel) -> dict | None:
@@ -239,7 +129,7 @@ def train(config: Config) -> dict:
     while state["step"] < total:
         step, stop = state["step"], _next_stop(state["step"], total, config)
         try:  # the server drives the steps up to the next log or checkpoint point
-            state = _result(server.run.remote(stop, fleet.actors, fleet.batches, fleet.steps_per_epoch),
+            state = ray_get(server.run.remote(stop, fleet.actors, fleet.batches, fleet.steps_per_epoch),
                             timeout=config.step_timeout * (stop - step))
         except LOST as e:
             failures += 1
@@ -247,7 +137,7 @@ def train(config: Config) -> dict:
                 raise TrainingError(f"giving up after {failures} failures (--max-failures "
                                     f"{config.max_failures}); last: {_one_line(e)}") from None
             try:
-                state = _result(server.state.remote(), timeout=30)
+                state = ray_get(server.state.remote(), timeout=30)
                 progress.log(f"failure {failures} at step {state['step']}: {_one_line(e)}")
             except LOST:
                 ray.kill(server)
@@ -266,11 +156,11 @@ def train(config: Config) -> dict:
             _save(config, ds, model, fleet, state)
     final = state["params"]
     loop_s = time.perf_counter() - t_loop
-    busy_s = np.mean(_result([w.busy.remote() for w in fleet.actors]))
+    busy_s = np.mean(ray_get([w.busy.remote() for w in fleet.actors]))
     progress.close()
 
     model_stats, oracle_stats = QuantileStats(config.quantiles), QuantileStats(config.quantiles)
-    for m, o in _result([w.evaluate.remote(final) for w in fleet.actors]):
+    for m, o in ray_get([w.evaluate.remote(final) for w in fleet.actors]):
         model_stats.merge(m)
         if o is not None:
             oracle_stats.merge(o)

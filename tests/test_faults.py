@@ -22,7 +22,7 @@ import ray
 from ray.cluster_utils import Cluster
 
 from mgdist import checkpoint, data, synthetic
-from mgdist.trainer import split_batch
+from mgdist.fleet import split_batch
 from mgdist.worker import epoch_order, split_rows
 
 JOB = Path(__file__).resolve().parents[1] / "jobs" / "quantile.py"

@@ -6,7 +6,8 @@ from ray.cluster_utils import Cluster
 from mgdist import data, synthetic
 from mgdist.config import Config
 from mgdist.server import TrainingError
-from mgdist.trainer import Fleet, train
+from mgdist.fleet import Fleet
+from mgdist.trainer import train
 
 MB = 2**20
 

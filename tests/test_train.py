@@ -7,7 +7,8 @@ from micrograd.optim import Optimizer
 from mgdist import checkpoint, data, synthetic
 from mgdist.config import Config
 from mgdist.server import TrainingError, make_optimizer
-from mgdist.trainer import Fleet, split_batch, train
+from mgdist.fleet import Fleet, split_batch
+from mgdist.trainer import train
 from mgdist.worker import build_model, epoch_order, split_rows
 
 

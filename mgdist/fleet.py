@@ -1,0 +1,124 @@
+"""The worker actors of a run: placed by CPUs and architecture, replaced when lost."""
+from __future__ import annotations
+
+import time
+import uuid
+
+import ray
+
+from mgdist import data
+from mgdist.config import Config
+from mgdist.server import TrainingError
+from mgdist.worker import Worker
+
+LOST = (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError, ray.exceptions.ObjectLostError,
+        ray.exceptions.NodeDiedError, ray.exceptions.GetTimeoutError)  # failures a run recovers from
+
+
+def ray_get(refs, timeout: float | None = None):
+    """ray.get, with our own errors raised inside an actor surfacing as themselves."""
+    try:
+        return ray.get(refs, timeout=timeout)
+    except ray.exceptions.RayTaskError as e:
+        if isinstance(e.cause, (data.DataError, TrainingError)):
+            raise e.cause from None
+        raise
+
+
+def split_batch(batch: int, rows: list[int]) -> list[int]:
+    """Rows per step of each worker: `batch` split in proportion to `rows` (largest remainder)."""
+    exact = [batch * r / sum(rows) for r in rows]
+    share = [int(x) for x in exact]
+    for i in sorted(range(len(rows)), key=lambda i: share[i] - exact[i])[:batch - sum(share)]:
+        share[i] += 1
+    return share
+
+
+def _cpus(arch: str | None) -> float:
+    """CPUs of the live nodes that offer `arch` (every live node when None)."""
+    return sum(n["Resources"].get("CPU", 0) for n in ray.nodes()
+               if n["Alive"] and (arch is None or n["Resources"].get(f"arch_{arch}", 0) > 0))
+
+
+def _worker_options(config: Config) -> list[dict]:
+    """Ray options of each worker (CPUs, architecture resource, spread over nodes), once the
+    cluster has room for them all; an autoscaler may still be adding nodes, so wait a while."""
+    archs = [a for a, n in sorted(config.arch_workers.items()) for _ in range(n)] or [None] * config.workers
+    deadline = time.monotonic() + config.placement_timeout
+    while short := {a or "any": (archs.count(a) * config.cpus_per_worker, _cpus(a)) for a in set(archs)
+                    if archs.count(a) * config.cpus_per_worker > _cpus(a)}:
+        if time.monotonic() > deadline:
+            raise TrainingError("the cluster cannot place the workers: " + "; ".join(
+                f"{arch} nodes need {need:g} CPUs, have {have:g}" for arch, (need, have) in sorted(short.items()))
+                + f" (waited {config.placement_timeout:g} s for nodes)")
+        time.sleep(1)
+    return [dict(num_cpus=config.cpus_per_worker, resources={f"arch_{a}": 0.001} if a else {},
+                 scheduling_strategy="SPREAD") for a in archs]
+
+
+class Fleet:
+    """The worker actors, one per shard; replaces lost ones, or re-plans the shards over fewer."""
+
+    def __init__(self, config: Config, ds: data.Dataset):
+        self.config, self.ds = config, ds
+        self.options = _worker_options(config)
+        self.start()
+
+    def start(self) -> None:
+        k = len(self.options)
+        self.shards = data.plan_shards(self.ds.group_rows, k)
+        self.actors = [self._spawn(rank) for rank in range(k)]
+        self.info = self._wait(range(k))
+        if self.config.balance == "speed" and k > 1:  # time each worker, then size shards by speed
+            probe = max(1, min(self.config.batch_size // k, *(i["train"] for i in self.info)))
+            self.speeds = ray_get([a.speed.remote(probe) for a in self.actors])
+            self.shards = data.plan_shards(self.ds.group_rows, k, weights=self.speeds)
+            self.info = ray_get([a.reshard.remote(s) for a, s in zip(self.actors, self.shards)])
+        self.batches = split_batch(self.config.batch_size, [s["train"] for s in self.info])
+        self.steps_per_epoch = min(s["train"] // b if b else 0 for s, b in zip(self.info, self.batches))
+        if self.steps_per_epoch < 1:
+            raise TrainingError(f"batch size {self.config.batch_size} does not fit the training rows "
+                                f"of the {k} shards: {[s['train'] for s in self.info]}")
+
+    def _spawn(self, rank: int):
+        name = f"mgdist-worker-{rank}-{uuid.uuid4().hex[:8]}"  # unique: the lost one may still hold its name
+        return ray.remote(Worker).options(**self.options[rank], name=name).remote(
+            self.config, self.ds, self.shards[rank], rank)
+
+    def _wait(self, ranks) -> list[dict]:
+        refs = [self.actors[r].ready.remote() for r in ranks]
+        _, waiting = ray.wait(refs, num_returns=len(refs), timeout=self.config.placement_timeout)
+        if waiting:
+            free = {k: v for k, v in ray.available_resources().items() if k == "CPU" or k.startswith("arch_")}
+            raise TrainingError(f"{len(waiting)} of {len(refs)} workers were not placed and loaded within "
+                                f"{self.config.placement_timeout:g} s; free: {free}")
+        return ray_get(refs)
+
+    def heal(self) -> str:
+        """Replace lost workers (same shards); if they cannot be placed, re-plan over the rest."""
+        lost = []
+        for rank, actor in enumerate(self.actors):
+            try:
+                ray.get(actor.ready.remote(), timeout=30)
+            except LOST:
+                lost.append(rank)
+                ray.kill(actor)
+        if not lost:
+            return "all workers answer"
+        for rank in lost:
+            self.actors[rank] = self._spawn(rank)
+        try:
+            self._wait(lost)
+            return f"replaced worker(s) {lost} on their shards"
+        except TrainingError:
+            for actor in self.actors:
+                ray.kill(actor)
+            self.options = [o for rank, o in enumerate(self.options) if rank not in lost]
+            if not self.options:
+                raise TrainingError("every worker was lost and none could be replaced") from None
+            self.start()
+            return f"worker(s) {lost} could not be replaced; shards re-planned over {len(self.options)} workers"
+
+    def stop(self) -> None:
+        for actor in self.actors:
+            ray.kill(actor)
