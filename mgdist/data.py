@@ -77,7 +77,7 @@ class Dataset:
     uri: str
     files: tuple[FileInfo, ...]
     features: tuple[str, ...]
-    target: str
+    target: str | None          # None: unlabelled data, for prediction only
     storage: Storage = Storage()
     synthetic: bool = False     # written by mgdist.synthetic, so its true quantiles are known
 
@@ -112,7 +112,7 @@ def _is_number(t: pa.DataType) -> bool:
     return pa.types.is_integer(t) or pa.types.is_floating(t)
 
 
-def _choose_features(schema: pa.Schema, features: Sequence[str] | str | None, target: str,
+def _choose_features(schema: pa.Schema, features: Sequence[str] | str | None, target: str | None,
                      where: str) -> tuple[str, ...]:
     """Resolve the feature selection against a file's schema; check it and the target."""
     if isinstance(features, str):
@@ -125,7 +125,7 @@ def _choose_features(schema: pa.Schema, features: Sequence[str] | str | None, ta
             features = [n.strip() for n in features.split(",")]
     elif features is None:
         features = [f.name for f in schema if f.name != target and _is_number(f.type)]
-    for name in [*features, target]:
+    for name in [*features, *([target] if target else [])]:
         if name not in schema.names:
             raise DataError(f"{where}: no column {name!r} (columns: {', '.join(schema.names)})")
         if not _is_number(schema.field(name).type):
@@ -133,7 +133,7 @@ def _choose_features(schema: pa.Schema, features: Sequence[str] | str | None, ta
     if target in features:
         raise DataError(f"{where}: the target {target!r} is also listed as a feature")
     if not features:
-        raise DataError(f"{where}: no numeric feature columns besides {target!r}")
+        raise DataError(f"{where}: no numeric feature columns" + (f" besides {target!r}" if target else ""))
     return tuple(features)
 
 
@@ -149,12 +149,12 @@ def _read_footer(fs: fsspec.AbstractFileSystem, path: str) -> tuple[pa.Schema, t
         return pf.schema_arrow, tuple(meta.row_group(i).num_rows for i in range(meta.num_row_groups))
 
 
-def discover(uri: str, features: Sequence[str] | str | None = None, target: str = "y",
+def discover(uri: str, features: Sequence[str] | str | None = None, target: str | None = "y",
              storage: Storage = Storage()) -> Dataset:
     """Find a dataset's files and row groups from their footers and check its columns.
 
     features: None for every numeric column but the target, a list of names, "a,b,c",
-    or a glob such as "f*" (in the files' column order).
+    or a glob such as "f*" (in the files' column order). target: None for unlabelled data.
     """
     fs, path = filesystem(uri, storage)
     prefix = "s3://" if uri.startswith("s3://") else ""

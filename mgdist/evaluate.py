@@ -58,9 +58,11 @@ def _names(names: Sequence[str]) -> str:
     return ", ".join(names) if len(names) <= 8 else f"{', '.join(names[:3])}, ..., {', '.join(names[-2:])}"
 
 
-def dataset_for(manifest: dict, uri: str, storage: Storage = Storage()) -> Dataset:
-    """The columns a checkpoint's model was trained on, in its order, found in the dataset at `uri`."""
-    trained, target = tuple(manifest["dataset"]["features"]), manifest["dataset"]["target"]
+def dataset_for(manifest: dict, uri: str, storage: Storage = Storage(), labelled: bool = True) -> Dataset:
+    """The columns a checkpoint's model was trained on, in its order, found in the dataset at `uri`
+    (and its target column, if `labelled`)."""
+    trained = tuple(manifest["dataset"]["features"])
+    target = manifest["dataset"]["target"] if labelled else None
     numeric = discover(uri, None, target, storage).features  # every numeric column but the target
     missing = [n for n in trained if n not in numeric]
     if missing:

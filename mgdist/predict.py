@@ -78,7 +78,7 @@ def predict(checkpoint: str, data: str, out: str, keep: Sequence[str] | None = N
     """Predict every row of `data` with a checkpoint's model on Ray; write Parquet under `out`
     (local or s3://, which must hold no files yet). Returns the files written, in row order."""
     model, manifest = load_model(checkpoint, storage)
-    ds = dataset_for(manifest, data, storage)
+    ds = dataset_for(manifest, data, storage, labelled=False)  # new data need no target column
     schema = _output_schema(ds, keep, model.levels).with_metadata({"mgdist.checkpoint": checkpoint})
     fs, root = filesystem(out, storage)
     with reraise(out):

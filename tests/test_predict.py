@@ -109,10 +109,15 @@ def test_columns_found_by_name_and_clear_errors(ray_local, keyed_data, ckpt, tmp
     files = predict(ckpt, str(reordered), str(tmp_path / "out"), keep=["id"], progress=False)
     assert quantiles(pq.read_table(files[0])).tobytes() == single_process(ckpt, str(keyed_data))[1].tobytes()
 
+    unlabelled = tmp_path / "unlabelled.parquet"  # new data to predict: no target column
+    pq.write_table(table.drop_columns(["y"]), unlabelled)
+    files = predict(ckpt, str(unlabelled), str(tmp_path / "out-unlabelled"), progress=False)
+    assert quantiles(pq.read_table(files[0])).tobytes() == single_process(ckpt, str(keyed_data))[1].tobytes()
+
     fewer = tmp_path / "fewer.parquet"
     pq.write_table(table.drop_columns(["f4", "f5"]), fewer)
     with pytest.raises(CheckpointError, match=r"^the checkpoint's model takes 6 features \(f0, f1, f2, f3, f4, f5\) "
-                       rf"but {fewer} has 5 \(id, f0, f1, f2, f3\): no numeric column f4, f5$"):
+                       rf"but {fewer} has 6 \(id, f0, f1, f2, f3, y\): no numeric column f4, f5$"):
         predict(ckpt, str(fewer), str(tmp_path / "out2"))
     with pytest.raises(DataError, match=r"a.parquet: no column 'key' to keep \(columns: id, name, f0, "):
         predict(ckpt, str(keyed_data), str(tmp_path / "out3"), keep=["key"])
