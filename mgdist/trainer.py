@@ -117,6 +117,7 @@ def train(config: Config) -> dict:
             config, s["params"], total, s["step"], s["optimizer"])
 
     server = new_server(state)
+    ray_get(server.state.remote())  # started, so the clock below measures training alone
     progress = Progress(total, state["step"], config.batch_size, spe, config.metrics)
     progress.log(f"{ds.rows:,} rows x {len(ds.features)} features in {len(ds.files)} files; {len(fleet.actors)} "
                  f"workers on {sorted({i['node'] + '/' + i['arch'] for i in fleet.info})}; steps {state['step']}"

@@ -33,7 +33,7 @@ def epoch_order(train: np.ndarray, seed: int, rank: int, epoch: int) -> np.ndarr
 
 
 class Worker:
-    """Loads its shard where it runs. Ray restarts it on failure: __init__ then reloads the shard."""
+    """Loads its shard where it runs; a lost worker is replaced by a new one on the same shard (fleet.py)."""
 
     def __init__(self, config: Config, dataset: Dataset, groups: list[int], rank: int):
         self.config, self.dataset, self.rank, self.error = config, dataset, rank, None
