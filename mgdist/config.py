@@ -38,7 +38,7 @@ class Config:
     balance: str = "rows"              # shard sizes: equal "rows", or in proportion to measured "speed"
     slowdown: tuple[float, ...] = ()   # test setting: worker r's compute stretched slowdown[r] times
     placement_timeout: float = 120.0  # seconds for workers to be placed and load their shards
-    step_timeout: float = 600.0        # seconds a step may take before the run counts as failed
+    step_timeout: float = 60.0         # seconds a step may take before its workers are checked
     # checkpoints, faults, reporting
     checkpoint_dir: str | None = None
     checkpoint_every: int = 0          # steps; 0: only at the end
