@@ -4,7 +4,7 @@ Prints, in one run: single-process micrograd steps/s on the same rows; 1 and 2 R
 (1 CPU each) steps/s; and the share of each step spent outside the workers' gradient
 compute (parameter server, transfers, driver).
 
-    python bench/scaling.py [--rows 2000000] [--batch 65536] [--steps 60]
+    python bench/scaling.py [--rows 2000000] [--batch 65536] [--steps 150]
 Run it inside a loopback-only network namespace, as README.md says.
 """
 from __future__ import annotations
@@ -46,7 +46,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rows", type=int, default=2_000_000)
     p.add_argument("--batch", type=int, default=65536)
-    p.add_argument("--steps", type=int, default=60)
+    p.add_argument("--steps", type=int, default=150, help="5 epochs of 2M rows: warm-up and epoch starts amortised")
     p.add_argument("--data", help="existing dataset (default: write one to a temp dir)")
     args = p.parse_args()
     path = args.data or os.path.join(tempfile.mkdtemp(prefix="mgdist-scaling-"), "data")
