@@ -22,12 +22,12 @@ class Config:
     non_crossing: bool = False         # predict the lowest quantile plus positive increments
     # optimisation
     optimizer: str = "adam"
-    lr: float = 3e-3
+    lr: float = 1e-2
     schedule: str = "cosine"           # constant | linear (warm-up) | cosine (warm-up, then decay)
     warmup_steps: int = 20
     weight_decay: float = 0.0
-    batch_size: int = 4096             # global rows per step, split over workers
-    epochs: float = 10.0
+    batch_size: int = 16384            # global rows per step, split over workers
+    epochs: float = 20.0
     steps: int | None = None           # overrides epochs
     seed: int = 0
     # cluster
