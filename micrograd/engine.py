@@ -84,13 +84,12 @@ class Value:
             forward()
         return self
 
-    def buffer(self, shape: tuple, dtype=None) -> np.ndarray:
+    def buffer(self, shape: tuple) -> np.ndarray:
         """This node's data array when it already has `shape` (reused across steps), else a new one."""
-        dtype = DTYPE if dtype is None else dtype
         d = self.data
-        if d is not None and d.shape == shape and d.dtype == dtype:
+        if d is not None and d.shape == shape and d.dtype == DTYPE:
             return d
-        return np.empty(shape, dtype)
+        return np.empty(shape, DTYPE)
 
     def scratch(self, key: int, shape: tuple) -> np.ndarray:
         """A work array of this node's backward (key tells several apart), reused across steps."""
@@ -103,13 +102,14 @@ class Value:
         """Accumulate `g` (reduced to this node's shape) into this node's gradient for this pass."""
         if g.shape != self.data.shape:
             g = unbroadcast(g, self.data.shape)
+        parameter = not (self.parents or self.op)  # its grad is written in place: it may be a view
         if self._pass != Value._passes:  # first contribution in this backward pass
             self._pass = Value._passes
-            if self.parents or self.op:   # op node: keep g itself, copy only if a second one comes
-                self.grad, self._grad_owned = g, False
-            else:                         # parameter: write in place, grad may be a view
+            if parameter:
                 np.copyto(self.grad, g)
-        elif self._grad_owned or not (self.parents or self.op):
+            else:                        # op node: keep g itself, copy only if a second one comes
+                self.grad, self._grad_owned = g, False
+        elif self._grad_owned or parameter:
             self.grad += g
         else:
             self.grad, self._grad_owned = self.grad + g, True
