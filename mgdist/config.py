@@ -5,6 +5,8 @@ import argparse
 import dataclasses
 from dataclasses import dataclass, field
 
+from mgdist.data import Storage
+
 
 @dataclass
 class Config:
@@ -50,6 +52,11 @@ class Config:
     metrics: str | None = None         # JSON-lines file of per-step metrics
     summary_json: str | None = None
     report: str | None = None          # dir for metrics.json and plots of the final model on the training data
+
+    @property
+    def storage(self) -> Storage:
+        """How to reach this run's data and checkpoints."""
+        return Storage(s3_endpoint=self.s3_endpoint)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -63,7 +63,7 @@ def _restore(config: Config, ds: data.Dataset, model: QuantileModel) -> dict | N
     """The state to resume from, checked against this run's model and dataset; None to start fresh."""
     if not config.checkpoint_dir:
         return None
-    storage = data.Storage(s3_endpoint=config.s3_endpoint)
+    storage = config.storage
     existing = checkpoint.steps(config.checkpoint_dir, storage)
     if existing and not config.resume:
         raise checkpoint.CheckpointError(
@@ -94,8 +94,7 @@ def _save(config: Config, ds: data.Dataset, model: QuantileModel, fleet: Fleet, 
             "dataset": ds.fingerprint(), "model": model.describe(),
             "data_order": {"seed": config.seed, "workers": len(fleet.actors), "shards": fleet.shards,
                            "batches": fleet.batches, "steps_per_epoch": fleet.steps_per_epoch}}
-    checkpoint.save(config.checkpoint_dir, state["step"], arrays, meta, config.keep_checkpoints,
-                    data.Storage(s3_endpoint=config.s3_endpoint))
+    checkpoint.save(config.checkpoint_dir, state["step"], arrays, meta, config.keep_checkpoints, config.storage)
 
 
 def train(config: Config) -> dict:
@@ -103,8 +102,7 @@ def train(config: Config) -> dict:
     t_start = time.perf_counter()
     if not ray.is_initialized():
         ray.init(address=config.address)
-    ds = data.discover(config.data or default_dataset(), config.features, config.target,
-                       data.Storage(s3_endpoint=config.s3_endpoint))
+    ds = data.discover(config.data or default_dataset(), config.features, config.target, config.storage)
     model = build_model(config, len(ds.features))
     state = _restore(config, ds, model) or {"step": 0, "params": model.params.copy(), "optimizer": None}
     fleet = Fleet(config, ds)
@@ -126,7 +124,7 @@ def train(config: Config) -> dict:
         progress.log("measured speeds (rows/s): " + ", ".join(f"{s:,.0f}" for s in fleet.speeds)
                      + f"; rows per step: {fleet.batches}")
 
-    t_loop, failures, train_loss, skips_logged = time.perf_counter(), 0, float("nan"), set()
+    failures, train_loss, skips_logged = 0, float("nan"), set()
     while state["step"] < total:
         step, stop = state["step"], _next_stop(state["step"], total, config)
         try:  # the server drives the steps up to the next log or checkpoint point
@@ -156,7 +154,7 @@ def train(config: Config) -> dict:
         if config.checkpoint_dir and (stop == total or config.checkpoint_every and stop % config.checkpoint_every == 0):
             _save(config, ds, model, fleet, state)
     final = state["params"]
-    loop_s = time.perf_counter() - t_loop
+    loop_s = time.perf_counter() - progress.t0
     busy_s = np.mean(ray_get([w.busy.remote() for w in fleet.actors]))
     progress.close()
 
@@ -168,7 +166,7 @@ def train(config: Config) -> dict:
     val, oracle = model_stats.summary(), (oracle_stats.summary() if ds.synthetic else None)
     summary = {
         "steps": total, "epochs": round(total / fleet.steps_per_epoch, 4), "workers": len(fleet.actors),
-        "rows_per_s": (total - progress.start) * config.batch_size / loop_s,
+        "rows_per_s": progress.rows_per_s(total),
         "wall_s": time.perf_counter() - t_start,
         "train_loss": train_loss, "val_loss": val["pinball"], "oracle_loss": oracle and oracle["pinball"],
         "coverage": val["coverage"], "oracle_coverage": oracle and oracle["coverage"],
