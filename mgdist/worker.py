@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import ray
@@ -45,8 +44,6 @@ class Worker:
         self.config, self.dataset, self.rank, self.error = config, dataset, rank, None
         self.slowdown = config.slowdown[rank] if rank < len(config.slowdown) else 1.0
         self.busy_s = 0.0
-        self._pool = ThreadPoolExecutor(1)
-        self._prefetch = (None, self._pool.submit(lambda: None))  # (step key, future of its X, y)
         self._load(groups)
 
     def reshard(self, groups: list[int]) -> dict:
@@ -55,8 +52,6 @@ class Worker:
         return self.ready()
 
     def _load(self, groups: list[int]) -> None:
-        self._prefetch[1].result()  # a gather still running reads the old shard: let it finish
-        self._prefetch = (None, self._prefetch[1])
         self.error = None
         try:
             self.X, self.y = load_shard(self.dataset, groups, self.config.nonfinite)
@@ -75,17 +70,16 @@ class Worker:
                 "features": self.X.shape[1], "node": os.uname().nodename, "arch": os.uname().machine,
                 "node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}
 
-    def _batch(self, step: int, batch: int, steps_per_epoch: int) -> tuple[np.ndarray, np.ndarray]:
-        """X, y of this worker's rows of global `step` (in row order: a faster gather)."""
+    def _rows(self, step: int, batch: int, steps_per_epoch: int) -> np.ndarray:
+        """This worker's `batch` rows (of its shard) of global `step`."""
         epoch, i = divmod(step, steps_per_epoch)
         if self._order[0] != epoch:
             self._order = (epoch, epoch_order(self.train, self.config.seed, self.rank, epoch))
-        rows = np.sort(self._order[1][i * batch:(i + 1) * batch])
-        return self.X[rows], self.y[rows]
+        return self._order[1][i * batch:(i + 1) * batch]
 
-    def _grad_sum(self, X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float]:
+    def _grad_sum(self, rows: np.ndarray) -> tuple[np.ndarray, float]:
         t = time.perf_counter()
-        grad, loss = self.model.grad_sum(X, y)
+        grad, loss = self.model.grad_sum(self.X, self.y, rows)
         if self.slowdown > 1:  # test setting: stretch compute as on a slower node
             time.sleep((self.slowdown - 1) * (time.perf_counter() - t))
         self.busy_s += time.perf_counter() - t
@@ -93,25 +87,21 @@ class Worker:
 
     def grad(self, weights: np.ndarray, step: int, batch: int, steps_per_epoch: int) -> tuple[np.ndarray, int, float]:
         """(gradient sum, rows, loss sum) over this worker's `batch` rows of global `step`."""
-        key, (ready, future) = (step, batch, steps_per_epoch), self._prefetch
-        gathered = future.result()  # waiting also means two gathers never run at once
-        X, y = gathered if ready == key else self._batch(*key)
+        rows = self._rows(step, batch, steps_per_epoch)
         np.copyto(self.model.params, weights)
-        grad, loss = self._grad_sum(X, y)
-        # gather the next step's rows while the server averages and sends the new weights
-        self._prefetch = ((step + 1, batch, steps_per_epoch), self._pool.submit(self._batch, step + 1, batch, steps_per_epoch))
-        return grad, len(X), loss
+        grad, loss = self._grad_sum(rows)
+        return grad, len(rows), loss
 
     def speed(self, batch: int, repeats: int = 3) -> float:
         """Rows per second of gradient compute on `batch` of this shard's rows (best of `repeats`)."""
-        X, y = self.X[self.train[:batch]], self.y[self.train[:batch]]
-        self._grad_sum(X, y)  # warm-up: buffers, caches
+        rows = self.train[:batch]
+        self._grad_sum(rows)  # warm-up: buffers, caches
         times = []
         for _ in range(repeats):
             t = time.perf_counter()
-            self._grad_sum(X, y)
+            self._grad_sum(rows)
             times.append(time.perf_counter() - t)
-        return len(X) / min(times)
+        return len(rows) / min(times)
 
     def busy(self) -> float:
         """Seconds spent computing gradients so far."""

@@ -106,3 +106,20 @@ def test_speed_balance_evens_out_a_slow_worker(ray_local, tmp_path_factory, tmp_
     shards = manifest["data_order"]["shards"]
     assert len(shards[0]) < len(shards[1])  # the slow worker got the smaller shard
     np.testing.assert_allclose(arrays["params"], single_process_params(config, 2, shards), rtol=1e-3, atol=5e-4)  # Adam amplifies float32 rounding of tiny gradients
+
+
+def test_grad_sum_in_micro_batches_equals_one_pass():
+    """A worker's gradient, summed MICRO_BATCH rows at a time over its rows, is the whole batch's."""
+    from mgdist.model import MICRO_BATCH, QuantileModel
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((3 * MICRO_BATCH, 5)).astype(np.float32)
+    y = rng.standard_normal(len(X)).astype(np.float32)
+    rows = rng.permutation(len(X))[:2 * MICRO_BATCH + 123]  # a partial last micro-batch
+    model = QuantileModel(5, (0.1, 0.5, 0.9), (16,), "tanh", seed=1)
+    model.loss.forward(X=X[rows], y=y[rows])
+    model.loss.backward()
+    whole_grad, whole_loss = model.grads * len(rows), float(model.loss.data) * len(rows)
+    grad, loss = model.grad_sum(X, y, rows)
+    np.testing.assert_allclose(grad, whole_grad, rtol=1e-4, atol=1e-4 * np.abs(whole_grad).max())
+    assert loss == pytest.approx(whole_loss, rel=1e-5)
+    np.testing.assert_array_equal(model.grad_sum(X[rows], y[rows])[0], grad)  # all rows when none given
