@@ -62,7 +62,8 @@ def main() -> None:
         s = train(config)
         results[workers] = rate = s["rows_per_s"] / args.batch
         print(f"ray, {workers} worker(s)      {rate:6.2f} steps/s  {s['rows_per_s'] / 1e6:5.2f}M rows/s  "
-              f"outside worker compute: {100 * (1 - s['worker_busy']):4.1f}% of step time")
+              f"outside compute: {100 * s['outside_compute']:4.1f}% of step time (the slowest worker's; "
+              f"the mean worker's: {100 * (1 - s['worker_busy']):4.1f}%)")
     print(f"2 workers / 1 worker: {results[2] / results[1]:.2f}x;  2 workers / single process: {results[2] / base:.2f}x")
     ray.shutdown()
 

@@ -44,6 +44,7 @@ class ParameterServer:
         self.window = [0.0, 0]  # loss sum and rows since the last state() call
         self.loss = float("nan")  # mean training loss of the last window that had steps
         self.skips: list[str] = []  # every step this server skipped, and why
+        self.compute_s = [0.0, 0.0]  # per step summed: the slowest worker's compute, the mean worker's
 
     def run(self, stop: int, workers: list, batches: list[int], steps_per_epoch: int) -> dict:
         """Take steps until step `stop`, worker w computing `batches[w]` rows of each; then state().
@@ -55,8 +56,8 @@ class ParameterServer:
             self.apply(ray.get([w.grad.remote(weights, self.step, b, steps_per_epoch) for w, b in zip(workers, batches)]))
         return self.state()
 
-    def apply(self, results: list[tuple[np.ndarray, int, float]]) -> None:
-        """Average (gradient sum, rows, loss sum) of every worker over rows; step once.
+    def apply(self, results: list[tuple[np.ndarray, int, float, float]]) -> None:
+        """Average (gradient sum, rows, loss sum, seconds) of every worker over rows; step once.
 
         A step whose gradient or loss is not finite stops training (NonFiniteError), or with
         on_nonfinite="skip" is consumed without touching the parameters or the optimiser: the
@@ -65,12 +66,15 @@ class ParameterServer:
         """
         rows = sum(r[1] for r in results)
         loss = sum(r[2] for r in results)
+        seconds = [r[3] for r in results]
+        self.compute_s[0] += max(seconds)
+        self.compute_s[1] += sum(seconds) / len(seconds)
         np.copyto(self.mean_grad, results[0][0])
-        for grad, _, _ in results[1:]:
+        for grad, *_ in results[1:]:
             self.mean_grad += grad
         self.mean_grad /= np.float32(rows)
         if not (np.isfinite(loss) and np.isfinite(self.mean_grad).all()):
-            bad = [w for w, (g, _, ls) in enumerate(results) if not (np.isfinite(ls) and np.isfinite(g).all())]
+            bad = [w for w, (g, _, ls, _) in enumerate(results) if not (np.isfinite(ls) and np.isfinite(g).all())]
             message = f"step {self.step}: non-finite gradient or loss from worker(s) {bad}"
             if self.config.on_nonfinite == "error":
                 raise NonFiniteError(message)
@@ -83,10 +87,11 @@ class ParameterServer:
 
     def state(self) -> dict:
         """Step, parameters and optimiser state (what a checkpoint holds), the mean training loss
-        since the last call (or the last known one), and every step skipped so far."""
+        since the last call (or the last known one), every step skipped so far, and the compute
+        seconds so far (the slowest worker's of each step summed, and the mean worker's)."""
         if self.window[1]:
             self.loss = self.window[0] / self.window[1]
         state = {"step": self.step, "params": self.params.copy(), "optimizer": self.opt.state_dict(),
-                 "train_loss": self.loss, "skips": list(self.skips)}
+                 "train_loss": self.loss, "skips": list(self.skips), "compute_s": tuple(self.compute_s)}
         self.window = [0.0, 0]
         return state

@@ -155,7 +155,7 @@ def train(config: Config) -> dict:
             _save(config, ds, model, fleet, state)
     final = state["params"]
     loop_s = time.perf_counter() - progress.t0
-    busy_s = np.mean(ray_get([w.busy.remote() for w in fleet.actors]))
+    slowest_s, mean_s = state.get("compute_s", (0.0, 0.0))  # of this server's steps: fewer after a server loss
     progress.close()
 
     model_stats, oracle_stats = QuantileStats(config.quantiles), QuantileStats(config.quantiles)
@@ -171,7 +171,8 @@ def train(config: Config) -> dict:
         "train_loss": train_loss, "val_loss": val["pinball"], "oracle_loss": oracle and oracle["pinball"],
         "coverage": val["coverage"], "oracle_coverage": oracle and oracle["coverage"],
         "crossing_rate": val["crossing_rate"], "failures_survived": failures,
-        "worker_busy": busy_s / loop_s,  # share of the loop's time workers spent computing gradients
+        "worker_busy": mean_s / loop_s,  # share of the loop's time the mean worker spent computing
+        "outside_compute": 1 - slowest_s / loop_s,  # share spent outside each step's slowest worker's compute
     }
     print(format_summary(summary), flush=True)
     if config.summary_json:

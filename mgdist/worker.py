@@ -43,7 +43,6 @@ class Worker:
     def __init__(self, config: Config, dataset: Dataset, groups: list[int], rank: int):
         self.config, self.dataset, self.rank, self.error = config, dataset, rank, None
         self.slowdown = config.slowdown[rank] if rank < len(config.slowdown) else 1.0
-        self.busy_s = 0.0
         self._load(groups)
 
     def reshard(self, groups: list[int]) -> dict:
@@ -82,15 +81,15 @@ class Worker:
         grad, loss = self.model.grad_sum(self.X, self.y, rows)
         if self.slowdown > 1:  # test setting: stretch compute as on a slower node
             time.sleep((self.slowdown - 1) * (time.perf_counter() - t))
-        self.busy_s += time.perf_counter() - t
         return grad, loss
 
-    def grad(self, weights: np.ndarray, step: int, batch: int, steps_per_epoch: int) -> tuple[np.ndarray, int, float]:
-        """(gradient sum, rows, loss sum) over this worker's `batch` rows of global `step`."""
+    def grad(self, weights: np.ndarray, step: int, batch: int, steps_per_epoch: int) -> tuple[np.ndarray, int, float, float]:
+        """(gradient sum, rows, loss sum, seconds computing) over this worker's `batch` rows of global `step`."""
+        t = time.perf_counter()
         rows = self._rows(step, batch, steps_per_epoch)
         np.copyto(self.model.params, weights)
         grad, loss = self._grad_sum(rows)
-        return grad, len(rows), loss
+        return grad, len(rows), loss, time.perf_counter() - t
 
     def speed(self, batch: int, repeats: int = 3) -> float:
         """Rows per second of gradient compute on `batch` of this shard's rows (best of `repeats`)."""
@@ -102,10 +101,6 @@ class Worker:
             self._grad_sum(rows)
             times.append(time.perf_counter() - t)
         return len(rows) / min(times)
-
-    def busy(self) -> float:
-        """Seconds spent computing gradients so far."""
-        return self.busy_s
 
     def evaluate(self, weights: np.ndarray) -> tuple[QuantileStats, QuantileStats | None]:
         """Stats of the model on this shard's validation rows, and of the true quantiles if known."""

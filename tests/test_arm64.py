@@ -56,7 +56,7 @@ info = {arch: ray.get(w.ready.remote()) for arch, w in workers.items()}
 batch = 512
 result = {"machine": {arch: i["arch"] for arch, i in info.items()}, "steps": []}
 for step in range(3):
-    (g86, n86, l86), (garm, narm, larm) = ray.get([workers[arch].grad.remote(
+    (g86, n86, l86, _), (garm, narm, larm, _) = ray.get([workers[arch].grad.remote(
         weights, step, batch, info[arch]["train"] // batch) for arch in ("x86_64", "aarch64")])
     result["steps"].append({"rows": [n86, narm], "loss": [l86, larm], "x86_64": g86.tolist(), "aarch64": garm.tolist()})
 json.dump(result, open(out, "w"))

@@ -77,7 +77,8 @@ def test_summary_figures(ray_local, uneven_data, tmp_path):
     saved = json.loads((tmp_path / "s.json").read_text())
     assert set(saved) == {"steps", "epochs", "workers", "rows_per_s", "wall_s", "train_loss", "val_loss",
                           "oracle_loss", "coverage", "oracle_coverage", "crossing_rate", "failures_survived",
-                          "worker_busy"}
+                          "worker_busy", "outside_compute"}
+    assert 0 < saved["worker_busy"] <= 1 - saved["outside_compute"] < 1  # the slowest worker computes the longest
     assert saved["val_loss"] == pytest.approx(summary["val_loss"])
     assert set(saved["coverage"]) == {"0.1", "0.5", "0.9"} == set(saved["oracle_coverage"])
     assert saved["oracle_loss"] < saved["val_loss"] < 2 * saved["oracle_loss"]  # learned, yet not better than truth
