@@ -99,7 +99,7 @@ class Fleet:
         lost = []
         for rank, actor in enumerate(self.actors):
             try:
-                ray.get(actor.ready.remote(), timeout=30)
+                ray.get(actor.ready.remote(), timeout=self.config.step_timeout)  # a hung worker counts as lost
             except LOST:
                 lost.append(rank)
                 ray.kill(actor)

@@ -49,11 +49,20 @@ class ParameterServer:
     def run(self, stop: int, workers: list, batches: list[int], steps_per_epoch: int) -> dict:
         """Take steps until step `stop`, worker w computing `batches[w]` rows of each; then state().
 
-        A lost worker raises here (as the Ray error); the steps before it stay applied.
+        A lost worker raises here (as the Ray error), and so does one that does not answer within
+        step_timeout (GetTimeoutError, naming it); the steps before stay applied.
         """
         while self.step < stop:
             weights = self.params if self.params.nbytes < INLINE_BYTES else ray.put(self.params)  # put: one copy, read zero-copy
-            self.apply(ray.get([w.grad.remote(weights, self.step, b, steps_per_epoch) for w, b in zip(workers, batches)]))
+            refs = [w.grad.remote(weights, self.step, b, steps_per_epoch) for w, b in zip(workers, batches)]
+            try:
+                results = ray.get(refs, timeout=self.config.step_timeout)
+            except ray.exceptions.GetTimeoutError:
+                done, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
+                late = [w for w, ref in enumerate(refs) if ref not in done]
+                raise ray.exceptions.GetTimeoutError(f"step {self.step}: worker(s) {late} did not answer within "
+                                                     f"{self.config.step_timeout:g} s (--step-timeout)") from None
+            self.apply(results)
         return self.state()
 
     def apply(self, results: list[tuple[np.ndarray, int, float, float]]) -> None:

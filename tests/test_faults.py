@@ -5,6 +5,7 @@ Ray of its own); the test finds its named actors, waits until the metrics file s
 training under way, and kills something. A run that survives must end with the same
 parameters as the uninterrupted run: no step lost, none applied twice.
 """
+import contextlib
 import json
 import os
 import shutil
@@ -135,6 +136,32 @@ def test_worker_killed_mid_run_is_replaced_and_its_steps_recomputed(ray_address,
     assert killed_after < STEPS
     assert "failure 1 at step" in run.log and "replaced worker(s) [1] on their shards" in run.log, run.log
     assert run.summary["failures_survived"] == 1 and run.summary["workers"] == 2
+    assert_same_as_reference(final_params(tmp_path / "ckpt"), reference)
+
+
+def test_hung_worker_is_found_within_step_timeout_and_replaced(ray_address, dataset, reference, tmp_path):
+    """A worker frozen alive (SIGSTOP: it holds its connections but never answers) costs about
+    --step-timeout to find, once, not --step-timeout for every step the server asked for."""
+    args = job_args(dataset, tmp_path / "ckpt", "--address", ray_address)
+    args[args.index("--step-timeout") + 1] = "3"
+    args[args.index("--log-every") + 1] = "40"  # the server runs 40 steps per call: 120 s of step timeouts
+    run = Driver(tmp_path, args)
+    worker = run.wait_until(lambda: run.actors("worker").get(1), "worker 1")
+    pid = ray.get(worker.ready.remote())["pid"]
+    run.wait_until(lambda: run.step() >= 30, "step 30")
+    os.kill(pid, signal.SIGSTOP)
+    frozen = time.monotonic()
+    try:
+        run.wait_until(lambda: "replaced worker(s) [1] on their shards" in run.log, "the worker replaced", timeout=60)
+        found_in = time.monotonic() - frozen
+        print(f"hung worker replaced {found_in:.1f} s after it froze")
+        assert run.finish() == 0, run.log
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # Ray has killed it, unless the test failed first
+            os.kill(pid, signal.SIGKILL)
+    assert "worker(s) [1] did not answer within 3 s (--step-timeout)" in run.log, run.log
+    assert found_in < 30, run.log  # 3 s step timeout, 3 s ready check, a new worker loading its shard: ~12 s
+    assert run.summary["failures_survived"] == 1
     assert_same_as_reference(final_params(tmp_path / "ckpt"), reference)
 
 
