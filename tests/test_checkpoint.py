@@ -178,6 +178,31 @@ def test_killed_while_saving_locally_leaves_only_whole_checkpoints(tmp_path):
     _kill_mid_save_and_check(str(tmp_path / "ck"), size=4_000_000, kills=3)
 
 
+@pytest.mark.parametrize("removals", [1, 2, 3])
+def test_a_prune_cut_short_leaves_no_manifest_without_its_arrays(tmp_path, removals):
+    """A save killed while pruning (here: the file system fails after `removals` deletions) leaves
+    every checkpoint that still shows loadable."""
+    from fsspec.implementations.local import LocalFileSystem
+
+    class FailsAfter(LocalFileSystem):
+        def rm(self, path, *args, **kwargs):
+            if self.left == 0:
+                raise OSError("killed mid-prune")
+            self.left -= 1
+            super().rm(path, *args, **kwargs)
+
+    d = str(tmp_path / "ck")
+    for step in (1, 2, 3):
+        checkpoint.save(d, step, arrays(step), {}, keep=0)
+    fs = FailsAfter(skip_instance_cache=True)
+    fs.left = removals
+    with pytest.raises(OSError, match="killed mid-prune"):
+        checkpoint._prune(fs, d, 3, checkpoint.load(d, 3)[1]["npz"], keep=1)  # 4 files to delete
+    assert 3 - removals <= len(checkpoint.steps(d)) < 3
+    for step in checkpoint.steps(d):
+        np.testing.assert_array_equal(checkpoint.load(d, step)[0]["params"], arrays(step)["params"])
+
+
 def test_s3_round_trip_prune_and_kill_mid_save(s3_env):
     d = f"s3://{s3_env.bucket}/ckpt-test"
     for step in (1, 2, 3):
