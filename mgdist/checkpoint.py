@@ -21,6 +21,7 @@ from mgdist.data import DataError, Storage, filesystem
 
 MANIFEST = re.compile(r"ckpt-(\d{9})\.json$")
 ARRAYS = re.compile(r"ckpt-(\d{9})-[0-9a-f]{16}\.npz$")
+PARTIAL = re.compile(r"\.ckpt-.*\.tmp-(\d+)$")  # a local write in progress, or cut short by a kill
 
 
 class CheckpointError(RuntimeError):
@@ -81,14 +82,17 @@ def _prune(fs, root: str, step: int, npz: str, keep: int) -> None:
     keep all), the .npz files of older steps that no manifest names (a save that never finished), and
     any earlier .npz of `step`. Goes by file names only, so a corrupt checkpoint goes like any other;
     newer ones (left by a run that was resumed from an older one) are left alone. Manifests go
-    first, so a kill mid-prune leaves at worst an .npz that no manifest names, never the reverse."""
+    first, so a kill mid-prune leaves at worst an .npz that no manifest names, never the reverse.
+    Partial files of other processes (killed mid-write) go too."""
     names = [os.path.basename(p) for p in fs.ls(root, detail=False)]
     kept = sorted(int(m[1]) for m in map(MANIFEST.match, names) if m and int(m[1]) <= step)
     kept = kept[-keep:] if keep > 0 else kept
     for name in sorted(names, key=lambda n: n.endswith(".npz")):
         m = MANIFEST.match(name) or ARRAYS.match(name)
         s = int(m[1]) if m else None
-        if m and (s < step and s not in kept or s == step and name.endswith(".npz") and name != npz):
+        partial = PARTIAL.match(name)
+        if (m and (s < step and s not in kept or s == step and name.endswith(".npz") and name != npz)
+                or partial and int(partial[1]) != os.getpid()):
             fs.rm(_join(root, name))
 
 

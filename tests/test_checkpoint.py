@@ -172,6 +172,10 @@ def _kill_mid_save_and_check(directory: str, size: int, kills: int) -> None:
             assert got["params"].shape == (size,) and (got["params"] == step).all()
         last = checkpoint.load_latest(directory)[1]["step"]
         assert last == steps[-1]
+    checkpoint.save(directory, last + 1, {"params": np.full(size, last + 1, np.float32)}, {}, keep=2)
+    fs, root = filesystem(directory, Storage())
+    assert sorted(os.path.basename(p) for p in fs.ls(root, detail=False) if not p.endswith(".json")) == [
+        checkpoint.load(directory, s)[1]["npz"] for s in (last, last + 1)]  # nothing partial or orphaned left
 
 
 def test_killed_while_saving_locally_leaves_only_whole_checkpoints(tmp_path):
