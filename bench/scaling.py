@@ -1,8 +1,9 @@
 """Data-parallel scaling of the quantile MLP (64 -> 128 tanh -> 9, Adam) on a local Ray.
 
 Prints, in one run: single-process micrograd steps/s on the same rows; 1 and 2 Ray workers
-(1 CPU each) steps/s; and the share of each step spent outside the workers' gradient
-compute (parameter server, transfers, driver).
+(1 CPU each) steps/s; and the share of each step spent outside the gradient compute of
+the worker that held the step up (parameter server, transfers, driver), and outside the
+mean worker's (which adds the faster worker's wait for the slower).
 
     python bench/scaling.py [--rows 2000000] [--batch 65536] [--steps 150]
 Run it inside a loopback-only network namespace, as README.md says.
