@@ -82,7 +82,7 @@ class Fleet:
 
     def _spawn(self, rank: int):
         name = f"mgdist-worker-{rank}-{uuid.uuid4().hex[:8]}"  # unique: the lost one may still hold its name
-        return ray.remote(Worker).options(**self.options[rank], name=name).remote(
+        return ray.remote(Worker).options(**self.options[rank], name=name, max_concurrency=2).remote(  # serve() + calls
             self.config, self.ds, self.shards[rank], rank)
 
     def _wait(self, ranks) -> list[dict]:

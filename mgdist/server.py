@@ -1,10 +1,13 @@
 """ParameterServer actor: drives the steps, averages workers' gradients by rows, steps the optimiser."""
 from __future__ import annotations
 
+import socket
+
 import numpy as np
 import ray
 
 from micrograd import optim
+from mgdist import link
 from mgdist.config import Config
 
 
@@ -25,13 +28,11 @@ def make_optimizer(config: Config, size: int, total_steps: int) -> optim.Optimiz
     return optim.make(config.optimizer, size, lr, **kw)
 
 
-INLINE_BYTES = 100_000  # weights smaller than this travel inside each task message (Ray's inline limit)
-
-
 class ParameterServer:
     """Holds the flat parameters and optimiser state, and drives the steps: each step sends the
-    weights to every worker and applies what they return. Its own step counter says which step
-    comes next, so no step can be applied twice or skipped, whatever the driver retries."""
+    weights to every worker and applies what they return, over a link (mgdist/link.py) to each.
+    Its own step counter says which step comes next, so no step can be applied twice or
+    skipped, whatever the driver retries."""
 
     def __init__(self, config: Config, params: np.ndarray, total_steps: int, step: int = 0,
                  optimizer_state: dict | None = None):
@@ -45,25 +46,69 @@ class ParameterServer:
         self.loss = float("nan")  # mean training loss of the last window that had steps
         self.skips: list[str] = []  # every step this server skipped, and why
         self.compute_s = [0.0, 0.0]  # per step summed: the slowest worker's compute, the mean worker's
+        self.workers: list = []  # those the links below lead to, and their serve() calls
+        self.links: list[socket.socket | None] = []
+        self.serving: list[ray.ObjectRef] = []
 
     def run(self, stop: int, workers: list, batches: list[int], steps_per_epoch: int) -> dict:
         """Take steps until step `stop`, worker w computing `batches[w]` rows of each; then state().
 
         A lost worker raises here (as the Ray error), and so does one that does not answer within
-        step_timeout (GetTimeoutError, naming it); the steps before stay applied.
+        step_timeout (GetTimeoutError, naming it); the steps before stay applied. Any error
+        closes the links; the next run opens new ones.
         """
-        while self.step < stop:
-            weights = self.params if self.params.nbytes < INLINE_BYTES else ray.put(self.params)  # put: one copy, read zero-copy
-            refs = [w.grad.remote(weights, self.step, b, steps_per_epoch) for w, b in zip(workers, batches)]
-            try:
-                results = ray.get(refs, timeout=self.config.step_timeout)
-            except ray.exceptions.GetTimeoutError:
-                done, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
-                late = [w for w, ref in enumerate(refs) if ref not in done]
-                raise ray.exceptions.GetTimeoutError(f"step {self.step}: worker(s) {late} did not answer within "
-                                                     f"{self.config.step_timeout:g} s (--step-timeout)") from None
-            self.apply(results)
+        timeout = self.config.step_timeout
+        try:
+            if workers != self.workers:
+                self._connect(workers)
+            received = [np.empty_like(self.params) for _ in workers]
+            while self.step < stop:
+                answers, w = [], 0
+                try:
+                    for w, (sock, b) in enumerate(zip(self.links, batches)):
+                        link.send(sock, (self.step, b, steps_per_epoch), self.params)
+                    for w, (sock, grad) in enumerate(zip(self.links, received)):
+                        rows, loss, seconds = link.recv(sock, grad)
+                        answers.append((grad, int(rows), loss, seconds))
+                except TimeoutError:
+                    self._raise_lost([w], f"step {self.step}: worker(s) [{w}] did not answer within "
+                                          f"{timeout:g} s (--step-timeout)", wait=0)
+                except OSError:  # its end closed: its serve() call says why (its actor died, or it failed)
+                    self._raise_lost([w], f"step {self.step}: worker(s) [{w}] closed its link", wait=timeout)
+                self.apply(answers)
+        except BaseException:
+            self._disconnect()
+            raise
         return self.state()
+
+    def _connect(self, workers: list) -> None:
+        """A link to each worker: it connects to this server and serves steps until the link closes."""
+        host = ray.util.get_node_ip_address()
+        with socket.create_server((host, 0)) as listener:
+            listener.settimeout(self.config.step_timeout)
+            self.workers, self.links = list(workers), [None] * len(workers)
+            self.serving = [w.serve.remote(host, listener.getsockname()[1], i) for i, w in enumerate(workers)]
+            for _ in workers:
+                try:
+                    sock = link.configure(listener.accept()[0], self.config.step_timeout)
+                    self.links[int(link.recv(sock, np.empty(0, np.float32))[0])] = sock
+                except OSError:  # a timeout, or a worker gone before it said who it is
+                    missing = [i for i, s in enumerate(self.links) if s is None]
+                    self._raise_lost(missing, f"worker(s) {missing} did not connect within "
+                                              f"{self.config.step_timeout:g} s (--step-timeout)", wait=0)
+
+    def _raise_lost(self, ranks: list[int], message: str, wait: float):
+        """Raise the error of the first of these workers' serve() calls to have ended within
+        `wait` seconds; else GetTimeoutError(message), which the driver treats as a lost worker."""
+        done, _ = ray.wait([self.serving[w] for w in ranks], num_returns=1, timeout=wait)
+        ray.get(done)
+        raise ray.exceptions.GetTimeoutError(message)
+
+    def _disconnect(self) -> None:
+        for sock in self.links:
+            if sock is not None:
+                sock.close()
+        self.workers, self.links, self.serving = [], [], []
 
     def apply(self, results: list[tuple[np.ndarray, int, float, float]]) -> None:
         """Average (gradient sum, rows, loss sum, seconds) of every worker over rows; step once.

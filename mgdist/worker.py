@@ -7,7 +7,7 @@ import time
 import numpy as np
 import ray
 
-from mgdist import synthetic
+from mgdist import link, synthetic
 from mgdist.config import Config
 from mgdist.data import Dataset, load_shard
 from mgdist.metrics import QuantileStats
@@ -90,6 +90,21 @@ class Worker:
         np.copyto(self.model.params, weights)
         grad, loss = self._grad_sum(rows)
         return grad, len(rows), loss, time.perf_counter() - t
+
+    def serve(self, host: str, port: int, index: int) -> None:
+        """Connect to the parameter server at host:port as its worker `index`, then compute each
+        step it sends (weights, step, rows, steps per epoch) and answer with grad()'s result,
+        until the server closes the link."""
+        weights = np.empty_like(self.model.params)
+        with link.connect(host, port, timeout=self.config.step_timeout) as sock:
+            try:
+                link.send(sock, (index, 0, 0), np.empty(0, np.float32))
+                while True:
+                    step, batch, steps_per_epoch = link.recv(sock, weights)
+                    grad, rows, loss, seconds = self.grad(weights, int(step), int(batch), int(steps_per_epoch))
+                    link.send(sock, (rows, loss, seconds), grad)
+            except OSError:  # the server closed the link, or is gone (grad() does no I/O)
+                return
 
     def speed(self, batch: int, repeats: int = 3) -> float:
         """Rows per second of gradient compute on `batch` of this shard's rows (best of `repeats`)."""

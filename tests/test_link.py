@@ -1,0 +1,30 @@
+"""The server-worker link: messages arrive whole and in order, and a closed or wrong link says so."""
+import socket
+import threading
+
+import numpy as np
+import pytest
+
+from mgdist import link
+
+
+def test_messages_arrive_whole_and_in_order():
+    a, b = socket.socketpair()
+    arrays = [np.arange(n, dtype=np.float32) * (i + 1) for i, n in enumerate((0, 3, 1_000_003))]  # > a socket buffer
+    sender = threading.Thread(target=lambda: [link.send(a, (i, 0.5, -2.0), x) for i, x in enumerate(arrays)])
+    sender.start()
+    for i, x in enumerate(arrays):
+        out = np.empty_like(x)
+        assert link.recv(b, out) == (i, 0.5, -2.0)
+        np.testing.assert_array_equal(out, x)
+    sender.join()
+
+
+def test_a_closed_link_and_a_wrong_size_are_errors():
+    a, b = socket.socketpair()
+    link.send(a, (1, 2, 3), np.ones(4, np.float32))
+    with pytest.raises(link.LinkClosed, match="16 bytes where 8 were expected"):
+        link.recv(b, np.empty(2, np.float32))
+    a.close()
+    with pytest.raises(link.LinkClosed, match="closed the link"):
+        link.recv(b, np.empty(0, np.float32))
