@@ -2,7 +2,7 @@
 
 Each step the parameter server sends the weights to every worker, each worker returns the
 gradient sum of its slice of the global batch, and the server averages them by rows and
-steps the optimiser. The server drives the steps itself (one hop each way per step); the
+steps the optimiser. The server drives the steps itself, over a socket to each worker; the
 driver asks it to run up to the next log or checkpoint point, and when a worker or the
 server is lost, replaces it and replays from the server's last state, so no step is lost
 and none is applied twice.
