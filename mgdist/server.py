@@ -1,7 +1,9 @@
 """ParameterServer actor: drives the steps, averages workers' gradients by rows, steps the optimiser."""
 from __future__ import annotations
 
+import select
 import socket
+import time
 
 import numpy as np
 import ray
@@ -49,6 +51,7 @@ class ParameterServer:
         self.workers: list = []  # those the links below lead to, and their serve() calls
         self.links: list[socket.socket | None] = []
         self.serving: list[ray.ObjectRef] = []
+        self.checked = 0.0  # when Ray was last asked whether every serve() call is still running
 
     def run(self, stop: int, workers: list, batches: list[int], steps_per_epoch: int) -> dict:
         """Take steps until step `stop`, worker w computing `batches[w]` rows of each; then state().
@@ -68,6 +71,7 @@ class ParameterServer:
                     for w, (sock, b) in enumerate(zip(self.links, batches)):
                         link.send(sock, (self.step, b, steps_per_epoch), self.params)
                     for w, (sock, grad) in enumerate(zip(self.links, received)):
+                        self._await(sock, time.monotonic() + timeout)
                         rows, loss, seconds = link.recv(sock, grad)
                         answers.append((grad, int(rows), loss, seconds))
                 except TimeoutError:
@@ -96,6 +100,19 @@ class ParameterServer:
                     missing = [i for i, s in enumerate(self.links) if s is None]
                     self._raise_lost(missing, f"worker(s) {missing} did not connect within "
                                               f"{self.config.step_timeout:g} s (--step-timeout)", wait=0)
+
+    def _await(self, sock: socket.socket, deadline: float) -> None:
+        """Wait until `sock` has an answer; meanwhile, and once a second in any case, ask Ray
+        whether a worker's serve() has ended (its actor died, or its node was declared dead:
+        a vanished machine closes no socket). TimeoutError after `deadline`."""
+        while True:
+            if time.monotonic() >= self.checked + 1:
+                self.checked = time.monotonic()
+                ray.get(ray.wait(self.serving, num_returns=1, timeout=0)[0])  # raises an ended one's error
+            if select.select([sock], [], [], 1)[0]:
+                return
+            if time.monotonic() >= deadline:
+                raise TimeoutError
 
     def _raise_lost(self, ranks: list[int], message: str, wait: float):
         """Raise the error of the first of these workers' serve() calls to have ended within

@@ -304,7 +304,7 @@ def test_nodes_removed_mid_run_are_replaced_or_the_shards_replanned(dataset, tmp
         num_cpus=0, include_dashboard=False, object_store_memory=100 * 2**20,
         _system_config={"health_check_period_ms": 500, "health_check_failure_threshold": 4}))  # dead in ~2 s
     node = dict(num_cpus=1, object_store_memory=100 * 2**20)
-    steps = 400
+    steps = 1500  # Ray takes ~2 s to declare a node dead, its workers serving till then: keep the run going past two
     try:
         nodes = [cluster.add_node(**node) for _ in range(3)]
         run = Driver(tmp_path, job_args(dataset, tmp_path / "ckpt", "--address", cluster.address, "--workers", "3",
