@@ -86,7 +86,9 @@ class ParameterServer:
         return self.state()
 
     def _connect(self, workers: list) -> None:
-        """A link to each worker: it connects to this server and serves steps until the link closes."""
+        """A link to each worker: it connects to this server and serves steps until the link closes.
+        Links to other workers close first, which ends their serve() calls."""
+        self._disconnect()
         host = ray.util.get_node_ip_address()
         with socket.create_server((host, 0)) as listener:
             listener.settimeout(self.config.step_timeout)
