@@ -7,7 +7,7 @@ or passes simply add up.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -17,11 +17,12 @@ BLOCK = 512  # rows per forward/backward pass: the activations stay in cache (65
 
 
 class GradSum:
-    """The summed gradient of `model.loss` over fed rows, `block` rows per pass."""
+    """The summed gradient of `model.loss` over fed rows, `block` rows per pass; `build()` makes
+    the model, and `params` is its flat weight vector (write new weights into it)."""
 
-    def __init__(self, model: Any, block: int = BLOCK):
-        self.model, self.block = model, block
-        self.params, self.grads = flatten(model.parameters())
+    def __init__(self, build: Callable[[], Any], block: int = BLOCK):
+        self.model, self.block = build(), block
+        self.params, self.grads = flatten(self.model.parameters())
         self.total = np.zeros_like(self.grads)
 
     def __call__(self, feeds: dict[str, np.ndarray], rows: np.ndarray | None = None) -> tuple[np.ndarray, float]:
