@@ -17,15 +17,12 @@ import warnings
 import numpy as np
 from fsspec.implementations.local import LocalFileSystem
 
-from mgdist.data import DataError, Storage, filesystem
+from mgdist.data import Storage, filesystem
+from mgdist.errors import CheckpointError, DataError
 
 MANIFEST = re.compile(r"ckpt-(\d{9})\.json$")
 ARRAYS = re.compile(r"ckpt-(\d{9})-[0-9a-f]{16}\.npz$")
 PARTIAL = re.compile(r"\.ckpt-.*\.tmp-(\d+)$")  # a local write in progress, or cut short by a kill
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint cannot be written, read, or used for this run; one line says which and why."""
 
 
 def _join(directory: str, name: str) -> str:

@@ -10,7 +10,7 @@ import fnmatch
 import os
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import groupby
 from typing import Iterator, Sequence
 
@@ -20,11 +20,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from botocore.exceptions import BotoCoreError
 
+from mgdist.errors import DataError
+
 CHUNK_BYTES = 1 << 19  # rows are copied into X in blocks of about this size, to stay in cache
-
-
-class DataError(ValueError):
-    """Bad data or an unreachable dataset; the message is one line naming the culprit."""
 
 
 @dataclass(frozen=True)
@@ -79,7 +77,7 @@ class Dataset:
     features: tuple[str, ...]
     target: str | None          # None: unlabelled data, for prediction only
     storage: Storage = Storage()
-    synthetic: bool = False     # written by mgdist.synthetic, so its true quantiles are known
+    metadata: dict[str, str] = field(default_factory=dict)  # the files' "mgdist.*" key-value metadata, where all agree
 
     @property
     def group_rows(self) -> list[int]:
@@ -149,6 +147,13 @@ def _read_footer(fs: fsspec.AbstractFileSystem, path: str) -> tuple[pa.Schema, t
         return pf.schema_arrow, tuple(meta.row_group(i).num_rows for i in range(meta.num_row_groups))
 
 
+def _common_metadata(schemas: Sequence[pa.Schema]) -> dict[str, str]:
+    """The "mgdist.*" key-value metadata that every file carries with the same value."""
+    tagged = [{k.decode(): v.decode() for k, v in (s.metadata or {}).items() if k.startswith(b"mgdist.")}
+              for s in schemas]
+    return {k: v for k, v in tagged[0].items() if all(t.get(k) == v for t in tagged)}
+
+
 def discover(uri: str, features: Sequence[str] | str | None = None, target: str | None = "y",
              storage: Storage = Storage()) -> Dataset:
     """Find a dataset's files and row groups from their footers and check its columns.
@@ -173,9 +178,7 @@ def discover(uri: str, features: Sequence[str] | str | None = None, target: str 
                             + ", ".join(f"{n} {t}" for n, t in diff))
         infos.append(FileInfo(prefix + p, sizes[p], groups))
     chosen = _choose_features(schema, features, target, prefix + first)
-    synthetic = all((s.metadata or {}).get(b"mgdist.synthetic") for _, s, _ in footers) \
-        and target == "y" and chosen[:4] == ("f0", "f1", "f2", "f3")
-    ds = Dataset(uri, tuple(infos), chosen, target, storage, synthetic)
+    ds = Dataset(uri, tuple(infos), chosen, target, storage, _common_metadata([s for _, s, _ in footers]))
     if ds.rows == 0:
         raise DataError(f"{uri}: the dataset has no rows")
     return ds

@@ -1,9 +1,8 @@
 """Use a trained model: load it from a checkpoint, score it on a dataset, write metrics.json and plots.
 
-The figures (mgdist.metrics) are pinball loss, coverage per level, symmetric intervals and
-crossing rate, next to the true quantiles' figures on synthetic data. Plots need matplotlib
-(pip install -e '.[plot]'): loss.png (training loss from the --metrics log), calibration.png
-(coverage against level) and fan.png (predicted quantiles around the actual target).
+The figures are the mean loss and whatever the model's own metrics give (docs/models.md);
+plots need matplotlib (pip install -e '.[plot]'): loss.png (the training loss from a --metrics
+log) and the model's own plots.
 """
 from __future__ import annotations
 
@@ -12,24 +11,17 @@ import os
 import sys
 from typing import Sequence
 
-import numpy as np
-
 from mgdist import checkpoint
-from mgdist.checkpoint import CheckpointError
-from mgdist.config import Config
 from mgdist.data import Dataset, Storage, discover, load_shard, plan_shards
-from mgdist.metrics import QuantileStats
-from mgdist.model import QuantileModel
-from mgdist.synthetic import true_quantile
-from mgdist.worker import build_model
+from mgdist.errors import CheckpointError, ModelError
+from mgdist.model import Metrics, ModelSpec, Trained, loss_sum, make_metrics, predict
 
 EVAL_ROWS = 1 << 20  # rows loaded and scored at a time
-FAN_ROWS = 200       # rows shown in the fan chart
 
 
-def load_model(path: str, storage: Storage = Storage()) -> tuple[QuantileModel, dict]:
-    """The model of a checkpoint and its manifest; `path` is a checkpoint directory (its newest
-    valid checkpoint is used) or one manifest, .../ckpt-NNNNNNNNN.json."""
+def load(path: str, storage: Storage = Storage()) -> tuple[Trained, dict]:
+    """The trained model of a checkpoint and its manifest; `path` is a checkpoint directory (its
+    newest valid checkpoint is used) or one manifest, .../ckpt-NNNNNNNNN.json."""
     name = checkpoint.MANIFEST.match(os.path.basename(path))
     if name:
         arrays, manifest = checkpoint.load(os.path.dirname(path) or ".", int(name[1]), storage)
@@ -38,20 +30,19 @@ def load_model(path: str, storage: Storage = Storage()) -> tuple[QuantileModel, 
         if found is None:
             raise CheckpointError(f"{path}: no checkpoint here (give a checkpoint directory or a ckpt-NNNNNNNNN.json)")
         arrays, manifest = found
-    if not {"config", "dataset", "model"} <= manifest.keys():
-        raise CheckpointError(f"{path} (step {manifest['step']}): not a training checkpoint: "
-                              "its manifest has no config, dataset or model")
-    return build(manifest, arrays["params"]), manifest
-
-
-def build(manifest: dict, params: np.ndarray) -> QuantileModel:
-    """The model that a checkpoint's manifest describes, holding `params`."""
-    model = build_model(Config.from_dict(manifest["config"]), manifest["model"]["layers"][0])
-    if model.describe() != manifest["model"]:
-        raise CheckpointError(f"checkpoint step {manifest['step']}: its config builds {model.describe()}, "
-                              f"not the saved {manifest['model']}")
-    np.copyto(model.params, params)
-    return model
+    where = f"{path} (step {manifest['step']})"
+    saved = manifest.get("model")
+    if not {"config", "dataset"} <= manifest.keys() or not isinstance(saved, dict) or "class" not in saved:
+        raise CheckpointError(f"{where}: not a training checkpoint: its manifest has no config, dataset or model class")
+    try:
+        spec = ModelSpec.from_path(saved["class"], saved["args"])
+        trained = Trained(spec, saved["features"], arrays["params"])
+    except ModelError as e:
+        raise CheckpointError(f"{where}: cannot rebuild its model: {e}") from None
+    if spec.describe(trained.model, saved["features"]) != saved:
+        raise CheckpointError(f"{where}: {saved['class']} now builds {spec.describe(trained.model, saved['features'])}, "
+                              f"not the saved {saved}")
+    return trained, manifest
 
 
 def _names(names: Sequence[str]) -> str:
@@ -71,43 +62,30 @@ def dataset_for(manifest: dict, uri: str, storage: Storage = Storage(), labelled
     return discover(uri, trained, target, storage)
 
 
-def score(model: QuantileModel, ds: Dataset, nonfinite: str = "error"
-          ) -> tuple[QuantileStats, QuantileStats | None, tuple[np.ndarray, np.ndarray]]:
-    """Stats of the model over every row of `ds` and, on synthetic data, of the true quantiles;
-    also the first FAN_ROWS rows' targets and predictions."""
-    model_stats, oracle = QuantileStats(model.levels), QuantileStats(model.levels) if ds.synthetic else None
-    chunks = min(sum(rows > 0 for rows in ds.group_rows), -(-ds.rows // EVAL_ROWS))
-    fan = None
+def score(trained: Trained, ds: Dataset, nonfinite: str = "error") -> tuple[dict, Metrics | None]:
+    """The mean loss over every row of `ds` and the model's own figures; and its metrics (for plots)."""
+    metrics, rows, total = make_metrics(trained.model, ds), 0, 0.0
+    chunks = min(sum(r > 0 for r in ds.group_rows), -(-ds.rows // EVAL_ROWS))
     for groups in plan_shards(ds.group_rows, chunks):
         X, y = load_shard(ds, groups, nonfinite)
-        pred = model.predict(X)
-        model_stats.add(y, pred)
-        if oracle is not None:
-            oracle.add(y, true_quantile(X, model.levels))
-        if fan is None:
-            fan = y[:FAN_ROWS].copy(), pred[:FAN_ROWS].copy()
-    return model_stats, oracle, fan
+        rows, total = rows + len(y), total + loss_sum(trained.model, X, y)
+        if metrics is not None:
+            metrics.add(X, y, predict(trained.model, X))
+    return {"rows": rows, "loss": total / rows, **(metrics.summary() if metrics else {})}, metrics
 
 
-def format_table(metrics: dict) -> str:
-    """The model's figures, and the oracle's beside them if known, one a line."""
-    def figures(s: dict):
-        yield "pinball", s["pinball"]
-        yield from ((f"pinball q{q}", v) for q, v in s["pinball_per_level"].items())
-        yield from ((f"coverage q{q}", v) for q, v in s["coverage"].items())
-        for name, i in s["intervals"].items():
-            yield f"interval {name} coverage (nominal {i['nominal']:g})", i["coverage"]
-            yield f"interval {name} mean width", i["mean_width"]
-        yield "crossing rate", s["crossing_rate"]
-    columns = [dict(figures(s)) for s in (metrics["model"], metrics["oracle"]) if s]
-    w = max(map(len, columns[0])) + 2
-    lines = [f"{metrics['model']['rows']:,} rows of {metrics['data']}",
-             f"{'':<{w}}{'model':>10}" + (f"{'oracle':>10}" if len(columns) > 1 else "")]
-    lines += [f"{k:<{w}}" + "".join(f"{c[k]:>10.4f}" for c in columns) for k in columns[0]]
+def format_table(report: dict) -> str:
+    """A report's figures, one a line."""
+    lines = [f"{report['rows']:,} rows of {report['data']} ({report['model']})"]
+    for key, value in report["figures"].items():
+        if isinstance(value, dict):
+            lines += [f"{f'{key} {k}':<32}{v:>10.4f}" for k, v in value.items()]
+        elif key != "rows":
+            lines.append(f"{key:<32}{value:>10.4f}")
     return "\n".join(lines)
 
 
-def _loss_curve(metrics_log: str) -> tuple[list[int], list[float]]:
+def loss_curve(metrics_log: str) -> tuple[list[int], list[float]]:
     """(steps, train losses) of a training --metrics log; a step logged twice (resumed run) keeps its last value."""
     with open(metrics_log) as f:
         records = [json.loads(line) for line in f if line.strip()]
@@ -115,83 +93,41 @@ def _loss_curve(metrics_log: str) -> tuple[list[int], list[float]]:
     return sorted(points), [points[s] for s in sorted(points)]
 
 
-def plot(out: str, metrics: dict, fan: tuple[np.ndarray, np.ndarray], metrics_log: str | None) -> list[str]:
-    """Write loss.png (given a metrics log), calibration.png and fan.png under `out`; return their names.
-    Raises ImportError without matplotlib."""
+def plot_loss(out: str, metrics_log: str, final_loss: float, oracle_loss: float | None = None) -> str:
+    """loss.png under `out`: the training loss of a --metrics log, the final model's on the scored data,
+    and the best possible (the oracle's), if known."""
     from matplotlib.figure import Figure  # Figure.savefig renders PNGs with Agg, no pyplot or display needed
-
-    model, oracle, written = metrics["model"], metrics["oracle"], []
-    levels = [float(q) for q in model["coverage"]]
-
-    def save(fig: Figure, name: str) -> None:
-        fig.savefig(os.path.join(out, name), dpi=100)
-        written.append(name)
-
-    if metrics_log:
-        steps, losses = _loss_curve(metrics_log)
-        fig = Figure(figsize=(8, 4.5), layout="constrained")
-        ax = fig.subplots()
-        ax.plot(steps, losses, marker=".", label="training loss (batch mean)")
-        ax.axhline(model["pinball"], color="C1", ls="--", label=f"final model on this data: {model['pinball']:.4f}")
-        if oracle:
-            ax.axhline(oracle["pinball"], color="k", ls=":", label=f"true quantiles: {oracle['pinball']:.4f}")
-        ax.set(xlabel="step", ylabel="mean pinball loss", title="Training loss")
-        ax.legend()
-        save(fig, "loss.png")
-
-    fig = Figure(figsize=(5.5, 5.5), layout="constrained")
+    steps, losses = loss_curve(metrics_log)
+    fig = Figure(figsize=(8, 4.5), layout="constrained")
     ax = fig.subplots()
-    ax.plot([0, 1], [0, 1], color="gray", ls="--", label="perfect calibration")
-    ax.plot(levels, list(model["coverage"].values()), marker="o", label="model")
-    if oracle:
-        ax.plot(levels, list(oracle["coverage"].values()), marker="x", ls=":", color="k", label="true quantiles")
-    text = "\n".join(f"{name}: {i['coverage']:.1%} inside (nominal {i['nominal']:.0%}), mean width {i['mean_width']:.3g}"
-                     for name, i in model["intervals"].items())
-    ax.text(0.98, 0.02, text, ha="right", va="bottom", fontsize=8, transform=ax.transAxes)
-    ax.set(xlim=(0, 1), ylim=(0, 1), aspect="equal", xlabel="quantile level q", ylabel="share of rows with y <= predicted q",
-           title="Calibration")
-    ax.legend(loc="upper left")
-    save(fig, "calibration.png")
-
-    y, pred = fan
-    mid = len(levels) // 2
-    order = np.argsort(pred[:, mid], kind="stable")
-    x = np.arange(len(y))
-    fig = Figure(figsize=(9, 4.5), layout="constrained")
-    ax = fig.subplots()
-    paired = set()
-    for name in model["intervals"]:  # nested bands: the overlaps darken towards the middle
-        lo, hi = (levels.index(float(q)) for q in name.split("-"))
-        ax.fill_between(x, pred[order, lo], pred[order, hi], color="C0", alpha=0.25, lw=0, label=f"{name} interval")
-        paired |= {lo, hi}
-    for j in sorted(set(range(len(levels))) - paired):
-        ax.plot(x, pred[order, j], lw=1.5, label=f"q{levels[j]:g}")
-    ax.scatter(x, y[order], s=8, color="k", zorder=3, label="actual")
-    ax.set(xlabel=f"row, sorted by predicted q{levels[mid]:g}", ylabel="target",
-           title=f"Predicted quantiles of the first {len(y)} rows")
-    ax.legend(loc="upper left", fontsize=8)
-    save(fig, "fan.png")
-    return written
+    ax.plot(steps, losses, marker=".", label="training loss (batch mean)")
+    ax.axhline(final_loss, color="C1", ls="--", label=f"final model on this data: {final_loss:.4f}")
+    if oracle_loss is not None:
+        ax.axhline(oracle_loss, color="k", ls=":", label=f"true distribution: {oracle_loss:.4f}")
+    ax.set(xlabel="step", ylabel="mean loss", title="Training loss")
+    ax.legend()
+    fig.savefig(os.path.join(out, "loss.png"), dpi=100)
+    return "loss.png"
 
 
-def write_report(model: QuantileModel, ds: Dataset, out: str, metrics_log: str | None = None,
+def write_report(trained: Trained, ds: Dataset, out: str, metrics_log: str | None = None,
                  nonfinite: str = "error", about: dict | None = None) -> dict:
-    """Score `model` on `ds`; write metrics.json (with `about`, e.g. checkpoint and step) and plots
-    to the local directory `out`. Returns the metrics."""
-    model_stats, oracle, fan = score(model, ds, nonfinite)
-    metrics = {**(about or {}), "data": ds.uri, "model": model_stats.summary(),
-               "oracle": oracle.summary() if oracle else None}
+    """Score `trained` on `ds`; write metrics.json (with `about`, e.g. checkpoint and step) and plots
+    to the local directory `out`. Returns the report."""
+    figures, metrics = score(trained, ds, nonfinite)
+    report = {**(about or {}), "data": ds.uri, "model": trained.spec.path, "rows": figures["rows"], "figures": figures}
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "metrics.json"), "w") as f:
-        json.dump(metrics, f, indent=2)
+        json.dump(report, f, indent=2)
     if not (metrics_log and os.path.exists(metrics_log)):
         why = f"{metrics_log} does not exist" if metrics_log else "no training metrics log (--metrics)"
         print(f"report: no loss curve: {why}", file=sys.stderr)
         metrics_log = None
     try:
-        plots = plot(out, metrics, fan, metrics_log)
+        plots = [plot_loss(out, metrics_log, figures["loss"], figures.get("oracle_loss"))] if metrics_log else []
+        plots += metrics.plot(out) if callable(getattr(metrics, "plot", None)) else []
     except ImportError:
         print("report: no plots: matplotlib is not installed (pip install -e '.[plot]')", file=sys.stderr)
         plots = []
     print(f"report: wrote {', '.join(['metrics.json', *plots])} to {out}", file=sys.stderr)
-    return metrics
+    return report

@@ -7,9 +7,10 @@ import uuid
 import ray
 
 from mgdist import data
-from mgdist.config import Config
-from mgdist.server import TrainingError
-from mgdist.worker import Worker
+from mgdist.config import TrainConfig
+from mgdist.errors import MgdistError, TrainingError
+from mgdist.model import ModelSpec
+from mgdist.worker import ShardInfo, Worker, versions
 
 LOST = (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError, ray.exceptions.ObjectLostError,
         ray.exceptions.NodeDiedError, ray.exceptions.GetTimeoutError)  # failures a run recovers from
@@ -20,7 +21,7 @@ def ray_get(refs, timeout: float | None = None):
     try:
         return ray.get(refs, timeout=timeout)
     except ray.exceptions.RayTaskError as e:
-        if isinstance(e.cause, (data.DataError, TrainingError)):
+        if isinstance(e.cause, MgdistError):
             raise e.cause from None
         raise
 
@@ -40,7 +41,7 @@ def _cpus(arch: str | None) -> float:
                if n["Alive"] and (arch is None or n["Resources"].get(f"arch_{arch}", 0) > 0))
 
 
-def _worker_options(config: Config) -> list[dict]:
+def _worker_options(config: TrainConfig) -> list[dict]:
     """Ray options of each worker (CPUs, architecture resource, spread over nodes), once the
     cluster has room for them all; an autoscaler may still be adding nodes, so wait a while."""
     archs = [a for a, n in sorted(config.arch_workers.items()) for _ in range(n)] or [None] * config.workers
@@ -56,11 +57,22 @@ def _worker_options(config: Config) -> list[dict]:
                  scheduling_strategy="SPREAD") for a in archs]
 
 
+def _check_versions(infos: list[ShardInfo]) -> None:
+    """Every worker's node runs the driver's Python, Ray and mgdist, or TrainingError names the odd one."""
+    here = dict(versions())
+    for info in infos:
+        odd = [(name, v) for name, v in info.versions if here.get(name) != v]
+        if odd:
+            raise TrainingError(f"node {info.node} ({info.arch}) runs " + ", ".join(f"{n} {v}" for n, v in odd)
+                                + " where the driver runs " + ", ".join(f"{n} {here.get(n)}" for n, _ in odd)
+                                + ": every node of a run needs the same versions")
+
+
 class Fleet:
     """The worker actors, one per shard; replaces lost ones, or re-plans the shards over fewer."""
 
-    def __init__(self, config: Config, ds: data.Dataset):
-        self.config, self.ds = config, ds
+    def __init__(self, spec: ModelSpec, config: TrainConfig, ds: data.Dataset):
+        self.spec, self.config, self.ds = spec, config, ds
         self.options = _worker_options(config)
         self.start()
 
@@ -70,29 +82,31 @@ class Fleet:
         self.actors = [self._spawn(rank) for rank in range(k)]
         self.info = self._wait(range(k))
         if self.config.balance == "speed" and k > 1:  # time each worker, then size shards by speed
-            probe = max(1, min(self.config.batch_size // k, *(i["train"] for i in self.info)))
+            probe = max(1, min(self.config.batch_size // k, *(i.train for i in self.info)))
             self.speeds = ray_get([a.speed.remote(probe) for a in self.actors])
             self.shards = data.plan_shards(self.ds.group_rows, k, weights=self.speeds)
             self.info = ray_get([a.reshard.remote(s) for a, s in zip(self.actors, self.shards)])
-        self.batches = split_batch(self.config.batch_size, [s["train"] for s in self.info])
-        self.steps_per_epoch = min(s["train"] // b if b else 0 for s, b in zip(self.info, self.batches))
+        self.batches = split_batch(self.config.batch_size, [s.train for s in self.info])
+        self.steps_per_epoch = min(s.train // b if b else 0 for s, b in zip(self.info, self.batches))
         if self.steps_per_epoch < 1:
             raise TrainingError(f"batch size {self.config.batch_size} does not fit the training rows "
-                                f"of the {k} shards: {[s['train'] for s in self.info]}")
+                                f"of the {k} shards: {[s.train for s in self.info]}")
 
     def _spawn(self, rank: int):
         name = f"mgdist-worker-{rank}-{uuid.uuid4().hex[:8]}"  # unique: the lost one may still hold its name
         return ray.remote(Worker).options(**self.options[rank], name=name, max_concurrency=2).remote(  # serve() + calls
-            self.config, self.ds, self.shards[rank], rank)
+            self.spec, self.config, self.ds, self.shards[rank], rank)
 
-    def _wait(self, ranks) -> list[dict]:
+    def _wait(self, ranks) -> list[ShardInfo]:
         refs = [self.actors[r].ready.remote() for r in ranks]
         _, waiting = ray.wait(refs, num_returns=len(refs), timeout=self.config.placement_timeout)
         if waiting:
             free = {k: v for k, v in ray.available_resources().items() if k == "CPU" or k.startswith("arch_")}
             raise TrainingError(f"{len(waiting)} of {len(refs)} workers were not placed and loaded within "
                                 f"{self.config.placement_timeout:g} s; free: {free}")
-        return ray_get(refs)
+        infos = ray_get(refs)
+        _check_versions(infos)
+        return infos
 
     def heal(self) -> str:
         """Replace lost workers (same shards); if they cannot be placed, re-plan over the rest."""

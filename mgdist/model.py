@@ -1,54 +1,138 @@
-"""The quantile model: an MLP from features to one output per quantile level, pinball loss."""
+"""The model contract (docs/models.md): what mgdist needs of a user's micrograd model, and a
+trained model ready to predict.
+
+A model is a class whose constructor takes the number of input features (and keyword
+arguments of its own) and builds, over the placeholders "X" (n, features) and "y" (n,):
+`loss`, a scalar Value (the mean loss over the rows fed), `prediction`, a Value over X
+alone, and `parameters()`, the trainable Values. Optional: `outputs` (names of the
+prediction's columns) and `metrics(dataset)` (validation figures beyond the mean loss).
+"""
 from __future__ import annotations
 
-from typing import Sequence
+import importlib
+import json
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import numpy as np
 
-from micrograd import Value, concat
-from micrograd.losses import pinball
-from micrograd.nn import MLP, flatten
+from micrograd import Value
+from micrograd.nn import flatten
+from mgdist.data import Dataset
+from mgdist.errors import ModelError
+
+PREDICT_ROWS = 65536  # rows per forward pass when predicting
 
 
-MICRO_BATCH = 512  # rows per forward/backward pass, so activations stay in cache (65,536 rows: 66 ms in one, 52 ms in 512s)
+class Metrics(Protocol):
+    """Validation figures kept as sums, so that several workers' rows add up."""
+
+    def add(self, X: np.ndarray, y: np.ndarray, pred: np.ndarray) -> None: ...
+    def merge(self, other: Metrics) -> None: ...
+    def summary(self) -> dict[str, float | dict[str, float]]: ...
 
 
-class QuantileModel:
-    """Graphs built once over placeholders X (n, F) and y (n,); parameters in one flat vector."""
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model class and its keyword arguments (JSON values, so that a checkpoint can hold them)."""
+    cls: type
+    args: dict[str, Any] = field(default_factory=dict)
 
-    def __init__(self, features: int, levels: Sequence[float], hidden: Sequence[int] = (128,),
-                 activation: str = "tanh", non_crossing: bool = False, seed: int = 0):
-        self.features, self.levels = features, tuple(levels)
-        self.net = MLP(features, hidden, len(levels), activation, seed)
-        X, y = Value.placeholder("X", (None, features)), Value.placeholder("y", (None,))
-        out = self.net(X)
-        if non_crossing and len(levels) > 1:  # lowest quantile, then positive steps up
-            out = concat([out[:, :1], out[:, :1] + out[:, 1:].softplus().cumsum(axis=1)], axis=1)
-        self.pred = out
-        self.loss = pinball(out, y, self.levels)
-        self.params, self.grads = flatten(self.net.parameters())
+    def __post_init__(self):
+        if not isinstance(self.cls, type):
+            raise ModelError(f"a model must be a class, got {self.cls!r}")
+        try:  # as a checkpoint will give them back: tuples become lists
+            object.__setattr__(self, "args", json.loads(json.dumps(dict(self.args))))
+        except (TypeError, ValueError) as e:
+            raise ModelError(f"model arguments of {self.path} must be JSON values: {e}") from None
 
-    def describe(self) -> dict:
-        """What a checkpoint of this model must match."""
-        sizes = [len(lay.W.data) for lay in self.net.layers] + [self.net.layers[-1].W.data.shape[1]]
-        return {"layers": sizes, "activation": self.net.activation, "levels": list(self.levels),
-                "non_crossing": self.pred.op == "concat", "params": int(self.params.size)}
+    @property
+    def path(self) -> str:
+        """Where the class is imported from: package.module:Name."""
+        return f"{self.cls.__module__}:{self.cls.__qualname__}"
 
-    def grad_sum(self, X: np.ndarray, y: np.ndarray, rows: np.ndarray | None = None) -> tuple[np.ndarray, float]:
-        """Gradient of the summed (not mean) pinball loss over rows `rows` of X, y (all when None),
-        and that sum; MICRO_BATCH rows per pass, each gathered just before its pass."""
-        total, loss = np.zeros_like(self.grads), 0.0
-        for i in range(0, len(X) if rows is None else len(rows), MICRO_BATCH):
-            part = slice(i, i + MICRO_BATCH) if rows is None else rows[i:i + MICRO_BATCH]
-            Xp, yp = X[part], y[part]
-            loss += float(self.loss.forward(X=Xp, y=yp)) * len(yp)
-            self.loss.backward()
-            total += self.grads * np.float32(len(yp))
-        return total, loss
+    @classmethod
+    def from_path(cls, path: str, args: dict[str, Any] | None = None) -> ModelSpec:
+        """The class named `package.module:Name` (importable here), with its arguments."""
+        module, _, name = path.partition(":")
+        if not module or not name:
+            raise ModelError(f"a model is named package.module:Name, got {path!r}")
+        try:
+            found: Any = importlib.import_module(module)
+            for part in name.split("."):
+                found = getattr(found, part)
+        except ImportError as e:
+            raise ModelError(f"cannot import model {path}: {e}") from None
+        except AttributeError:
+            raise ModelError(f"cannot import model {path}: module {module} has no {name}") from None
+        return cls(found, args or {})
 
-    def predict(self, X: np.ndarray, batch: int = 65536) -> np.ndarray:
-        """Predicted quantiles (n, Q), float32."""
-        out = np.empty((len(X), len(self.levels)), np.float32)
-        for i in range(0, len(X), batch):
-            out[i:i + batch] = self.pred.forward(X=X[i:i + batch])
-        return out
+    def build(self, features: int) -> Any:
+        """A new model for `features` inputs, checked against the contract."""
+        try:
+            model = self.cls(features, **self.args)
+        except TypeError as e:
+            raise ModelError(f"{self.path}({features}, **{self.args}) failed: {e}") from None
+        for name in ("loss", "prediction"):
+            if not isinstance(getattr(model, name, None), Value):
+                raise ModelError(f"{self.path} has no micrograd Value `{name}` (see docs/models.md)")
+        params = model.parameters() if callable(getattr(model, "parameters", None)) else None
+        if not params or not all(isinstance(p, Value) for p in params):
+            raise ModelError(f"{self.path}.parameters() must return the model's trainable Values")
+        return model
+
+    def describe(self, model: Any, features: int) -> dict:
+        """What a checkpoint of this model records and what another run must match."""
+        return {"class": self.path, "args": self.args, "features": features,
+                "shapes": [list(p.data.shape) for p in model.parameters()]}
+
+
+def predict(model: Any, X: np.ndarray, rows: int = PREDICT_ROWS) -> np.ndarray:
+    """model.prediction for every row of X, `rows` at a time, float32."""
+    parts = [model.prediction.forward(X=X[i:i + rows]) for i in range(0, len(X), rows)]
+    return np.concatenate(parts) if parts else np.empty((0,), np.float32)
+
+
+def loss_sum(model: Any, X: np.ndarray, y: np.ndarray, rows: int = PREDICT_ROWS) -> float:
+    """The loss summed over every row (model.loss is a mean), forward only."""
+    return sum(float(model.loss.forward(X=X[i:i + rows], y=y[i:i + rows])) * len(y[i:i + rows])
+               for i in range(0, len(X), rows))
+
+
+def output_names(model: Any, columns: int) -> list[str]:
+    """Names of the prediction's columns: the model's `outputs`, else prediction or prediction_0..."""
+    names = list(getattr(model, "outputs", None) or
+                 (["prediction"] if columns == 1 else [f"prediction_{j}" for j in range(columns)]))
+    if len(names) != columns:
+        raise ModelError(f"{type(model).__name__}.outputs names {len(names)} columns, its prediction has {columns}")
+    return names
+
+
+def make_metrics(model: Any, dataset: Dataset) -> Metrics | None:
+    """The model's own validation metrics for rows of `dataset`, if it has any."""
+    return model.metrics(dataset) if callable(getattr(model, "metrics", None)) else None
+
+
+class Trained:
+    """A model with trained weights, ready to predict in this process."""
+
+    def __init__(self, spec: ModelSpec, features: int, params: np.ndarray):
+        self.spec, self.features = spec, features
+        self.model = spec.build(features)
+        self.params, _ = flatten(self.model.parameters())
+        if params.shape != self.params.shape:
+            raise ModelError(f"{spec.path} has {self.params.size} parameters, the weights given {params.size}")
+        np.copyto(self.params, params)
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        """Predictions for the rows of X (n, features), float32."""
+        X = np.ascontiguousarray(X, dtype=np.float32)
+        if X.ndim != 2 or X.shape[1] != self.features:
+            raise ModelError(f"{self.spec.path} takes rows of {self.features} features, got shape {X.shape}")
+        return predict(self.model, X)
+
+    def __reduce__(self):  # rebuilt where it is unpickled: its graph's closures do not travel
+        return Trained, (self.spec, self.features, self.params)
+
+    def __repr__(self) -> str:
+        return f"Trained({self.spec.path}, args={self.spec.args}, features={self.features}, params={self.params.size})"

@@ -1,5 +1,6 @@
 """Batch prediction on Ray: tasks predict runs of row groups and write them next to their key columns.
 
+The output columns are the model's `outputs` (docs/models.md): q0.1, q0.5, ... for quantiles.
 Each task reads its row groups (the model's features and the kept columns, in one read), predicts
 them and writes one Parquet file per input file it touches: part-FFFFF-GGGGGG.parquet, named after
 the input file's index in the dataset and the task's first row group in it, with one output row
@@ -18,19 +19,21 @@ import ray
 from tqdm import tqdm
 
 from mgdist.data import DataError, Dataset, Storage, copy_columns, filesystem, plan_shards, reraise
-from mgdist.evaluate import build, dataset_for, load_model
+from mgdist.evaluate import dataset_for, load
 from mgdist.fleet import ray_get
+from mgdist.model import Trained, output_names
 
 TASK_ROWS = 1 << 18  # rows per task, at most a row group more: the progress bar moves a task at a time
 
 
-def quantile_columns(levels: Sequence[float]) -> list[str]:
-    """Output column names: q0.1, q0.5, ..."""
-    return [f"q{q:g}" for q in levels]
+def _output_names(trained: Trained) -> list[str]:
+    """The prediction's column names, from one row's prediction."""
+    columns = trained.predict(np.zeros((1, trained.features), np.float32)).reshape(1, -1).shape[1]
+    return output_names(trained.model, columns)
 
 
-def _output_schema(ds: Dataset, keep: Sequence[str] | None, levels: Sequence[float]) -> pa.Schema:
-    """Kept columns (default: every column but the features) with their input types, then the quantiles."""
+def _output_schema(ds: Dataset, keep: Sequence[str] | None, names: Sequence[str]) -> pa.Schema:
+    """Kept columns (default: every column but the features) with their input types, then the predictions."""
     first = ds.files[0].path
     fs, path = filesystem(first, ds.storage)
     with reraise(first):
@@ -39,18 +42,16 @@ def _output_schema(ds: Dataset, keep: Sequence[str] | None, levels: Sequence[flo
     for name in keep:
         if name not in schema.names:
             raise DataError(f"{first}: no column {name!r} to keep (columns: {', '.join(schema.names)})")
-    names = quantile_columns(levels)
     if set(keep) & set(names):
-        raise ValueError(f"kept columns {sorted(set(keep) & set(names))} would clash with the quantile columns")
+        raise ValueError(f"kept columns {sorted(set(keep) & set(names))} would clash with the prediction columns")
     return pa.schema([schema.field(n) for n in keep] + [pa.field(n, pa.float32()) for n in names])
 
 
 @ray.remote(num_cpus=1)
-def _predict_groups(params: np.ndarray, manifest: dict, ds: Dataset, groups: list[int], schema: pa.Schema,
+def _predict_groups(trained: Trained, ds: Dataset, groups: list[int], schema: pa.Schema, predicted: int,
                     out: str) -> list[str]:
     """Predict row groups (indices into ds.group_rows); write one file per input file; return their paths."""
-    model = build(manifest, params)
-    keep = schema.names[:len(schema) - len(model.levels)]
+    keep = schema.names[:len(schema) - predicted]
     columns = list(dict.fromkeys([*ds.features, *keep]))
     located = [(f, g) for f, info in enumerate(ds.files) for g in range(len(info.row_groups))]
     out_fs, root = filesystem(out, ds.storage)
@@ -67,7 +68,7 @@ def _predict_groups(params: np.ndarray, manifest: dict, ds: Dataset, groups: lis
                 table = pf.read_row_group(g, columns=columns)
                 X = np.empty((table.num_rows, len(ds.features)), np.float32)
                 copy_columns(table, ds.features, X)
-                pred = model.predict(X)
+                pred = trained.predict(X).reshape(len(X), -1)
                 writer.write_table(pa.table([*table.select(keep).columns, *pred.T], schema=file_schema))
         written.append(prefix + path)
     return written
@@ -77,9 +78,10 @@ def predict(checkpoint: str, data: str, out: str, keep: Sequence[str] | None = N
             storage: Storage = Storage(), address: str | None = None, progress: bool = True) -> list[str]:
     """Predict every row of `data` with a checkpoint's model on Ray; write Parquet under `out`
     (local or s3://, which must hold no files yet). Returns the files written, in row order."""
-    model, manifest = load_model(checkpoint, storage)
+    trained, manifest = load(checkpoint, storage)
     ds = dataset_for(manifest, data, storage, labelled=False)  # new data need no target column
-    schema = _output_schema(ds, keep, model.levels).with_metadata({"mgdist.checkpoint": checkpoint})
+    names = _output_names(trained)
+    schema = _output_schema(ds, keep, names).with_metadata({"mgdist.checkpoint": checkpoint})
     fs, root = filesystem(out, storage)
     with reraise(out):
         if fs.exists(root) and fs.find(root):
@@ -88,8 +90,8 @@ def predict(checkpoint: str, data: str, out: str, keep: Sequence[str] | None = N
         ray.init(address=address)
     cpus = int(ray.cluster_resources().get("CPU", 1))
     tasks = min(sum(rows > 0 for rows in ds.group_rows), max(cpus, -(-ds.rows // TASK_ROWS)))
-    params = ray.put(model.params)
-    pending = {_predict_groups.remote(params, manifest, ds, groups, schema, out):
+    model = ray.put(trained)
+    pending = {_predict_groups.remote(model, ds, groups, schema, len(names), out):
                sum(ds.group_rows[g] for g in groups) for groups in plan_shards(ds.group_rows, tasks)}
     written = []
     with tqdm(total=ds.rows, unit="rows", unit_scale=True, disable=not progress) as bar:

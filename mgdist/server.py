@@ -4,24 +4,30 @@ from __future__ import annotations
 import select
 import socket
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import ray
 
 from micrograd import optim
 from mgdist import link
-from mgdist.config import Config
+from mgdist.config import TrainConfig
+from mgdist.errors import NonFiniteError
 
 
-class TrainingError(RuntimeError):
-    """Training cannot start or go on; the message says why in one line."""
+@dataclass
+class ServerState:
+    """What the server hands the driver after each run: a checkpoint's contents and progress figures."""
+    step: int
+    params: np.ndarray
+    optimizer: dict[str, np.ndarray] | None
+    train_loss: float = float("nan")  # mean training loss since the previous state (or the last known)
+    skips: tuple[str, ...] = ()       # every step skipped so far, and why
+    slowest_s: float = 0.0            # compute seconds summed over steps: the slowest worker's of each step
+    mean_s: float = 0.0               # and the mean worker's
 
 
-class NonFiniteError(TrainingError):
-    """A worker's gradient or loss holds NaN or inf."""
-
-
-def make_optimizer(config: Config, size: int, total_steps: int) -> optim.Optimizer:
+def make_optimizer(config: TrainConfig, size: int, total_steps: int) -> optim.Optimizer:
     lr = {"constant": lambda: optim.constant(config.lr),
           "linear": lambda: optim.warmup_linear(config.lr, config.warmup_steps),
           "cosine": lambda: optim.warmup_cosine(config.lr, min(config.warmup_steps, total_steps - 1),
@@ -36,7 +42,7 @@ class ParameterServer:
     Its own step counter says which step comes next, so no step can be applied twice or
     skipped, whatever the driver retries."""
 
-    def __init__(self, config: Config, params: np.ndarray, total_steps: int, step: int = 0,
+    def __init__(self, config: TrainConfig, params: np.ndarray, total_steps: int, step: int = 0,
                  optimizer_state: dict | None = None):
         self.config, self.step = config, step
         self.params = np.array(params, np.float32)
@@ -53,7 +59,7 @@ class ParameterServer:
         self.serving: list[ray.ObjectRef] = []
         self.checked = 0.0  # when Ray was last asked whether every serve() call is still running
 
-    def run(self, stop: int, workers: list, batches: list[int], steps_per_epoch: int) -> dict:
+    def run(self, stop: int, workers: list, batches: list[int], steps_per_epoch: int) -> ServerState:
         """Take steps until step `stop`, worker w computing `batches[w]` rows of each; then state().
 
         A lost worker raises here (as the Ray error), and so does one that does not answer within
@@ -158,13 +164,10 @@ class ParameterServer:
             self.window[1] += rows
         self.step += 1
 
-    def state(self) -> dict:
-        """Step, parameters and optimiser state (what a checkpoint holds), the mean training loss
-        since the last call (or the last known one), every step skipped so far, and the compute
-        seconds so far (the slowest worker's of each step summed, and the mean worker's)."""
+    def state(self) -> ServerState:
+        """This server's state now; the training loss is the mean since the last call."""
         if self.window[1]:
             self.loss = self.window[0] / self.window[1]
-        state = {"step": self.step, "params": self.params.copy(), "optimizer": self.opt.state_dict(),
-                 "train_loss": self.loss, "skips": list(self.skips), "compute_s": tuple(self.compute_s)}
         self.window = [0.0, 0]
-        return state
+        return ServerState(self.step, self.params.copy(), self.opt.state_dict(), self.loss, tuple(self.skips),
+                           *self.compute_s)

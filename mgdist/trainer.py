@@ -1,47 +1,46 @@
-"""train(config): data-parallel training on Ray, one loop from data plan to final report.
+"""run(spec, config): data-parallel training on Ray, one loop from data plan to final report.
 
 Each step the parameter server sends the weights to every worker, each worker returns the
 gradient sum of its slice of the global batch, and the server averages them by rows and
 steps the optimiser. The server drives the steps itself, over a socket to each worker; the
 driver asks it to run up to the next log or checkpoint point, and when a worker or the
 server is lost, replaces it and replays from the server's last state, so no step is lost
-and none is applied twice.
+and none is applied twice. Nothing here knows the model: it comes as a ModelSpec.
 """
 from __future__ import annotations
 
 import json
 import math
-import os
 import time
 import uuid
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from mgdist import checkpoint, data, synthetic
-from mgdist.config import Config
+from micrograd.nn import flatten
+from mgdist import checkpoint, data
+from mgdist.config import TrainConfig
+from mgdist.errors import CheckpointError, TrainingError
 from mgdist.evaluate import write_report
 from mgdist.fleet import LOST, Fleet, ray_get
-from mgdist.metrics import QuantileStats
-from mgdist.model import QuantileModel
+from mgdist.model import ModelSpec, Trained
 from mgdist.report import Progress, format_summary
-from mgdist.server import ParameterServer, TrainingError, make_optimizer
-from mgdist.worker import build_model
-
-DEFAULT_DATA = dict(rows=400_000, features=16, files=4, row_group_rows=16384, seed=0)
+from mgdist.server import ParameterServer, ServerState, make_optimizer
 
 
-def default_dataset() -> str:
-    """A small synthetic dataset in ~/.cache/mgdist, made on first use."""
-    d = DEFAULT_DATA
-    path = os.path.join(os.path.expanduser(os.environ.get("XDG_CACHE_HOME", "~/.cache")), "mgdist",
-                        f"synthetic-{d['rows']}x{d['features']}-seed{d['seed']}")
-    if not os.path.isdir(path):
-        tmp = f"{path}.tmp-{os.getpid()}"
-        synthetic.write(tmp, **d, progress=False)
-        os.replace(tmp, path)
-    return path
+@dataclass
+class TrainResult:
+    """What a run gives back: the trained model, the summary figures, where the checkpoints are."""
+    trained: Trained
+    summary: dict[str, Any]
+    checkpoint_dir: str | None
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        """The trained model's predictions for rows X (n, features)."""
+        return self.trained.predict(X)
 
 
 def _next_stop(step: int, total: int, config: Config) -> int:
@@ -59,14 +58,14 @@ def _one_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {lines[0]}{f' ({actor})' if actor else ''}"
 
 
-def _restore(config: Config, ds: data.Dataset, model: QuantileModel) -> dict | None:
+def _restore(config: TrainConfig, ds: data.Dataset, model: dict, size: int) -> ServerState | None:
     """The state to resume from, checked against this run's model and dataset; None to start fresh."""
     if not config.checkpoint_dir:
         return None
     storage = config.storage
     existing = checkpoint.steps(config.checkpoint_dir, storage)
     if existing and not config.resume:
-        raise checkpoint.CheckpointError(
+        raise CheckpointError(
             f"{config.checkpoint_dir} already holds checkpoints (newest: step {existing[-1]}); pass --resume "
             "to continue from them, or choose another --checkpoint-dir")
     found = checkpoint.load_latest(config.checkpoint_dir, storage) if config.resume else None
@@ -74,114 +73,132 @@ def _restore(config: Config, ds: data.Dataset, model: QuantileModel) -> dict | N
         return None
     arrays, manifest = found
     where = f"checkpoint step {manifest['step']} in {config.checkpoint_dir}"
-    if manifest.get("model") != model.describe():
-        raise checkpoint.CheckpointError(f"{where} is for model {manifest.get('model')}, "
-                                         f"not this run's {model.describe()}")
+    if manifest.get("model") != model:
+        raise CheckpointError(f"{where} is for model {manifest.get('model')}, not this run's {model}")
     if manifest.get("dataset") != ds.fingerprint():
-        raise checkpoint.CheckpointError(f"{where} was trained on other data than {ds.uri} "
-                                         "(files, sizes or columns differ)")
+        raise CheckpointError(f"{where} was trained on other data than {ds.uri} "
+                              "(files, sizes or columns differ)")
     optimizer = {k.removeprefix("opt."): v for k, v in arrays.items() if k.startswith("opt.")}
     try:  # here, not in the server, where it would fail again on every restart
-        make_optimizer(config, model.params.size, total_steps=1).load_state_dict(optimizer)
+        make_optimizer(config, size, total_steps=1).load_state_dict(optimizer)
     except ValueError as e:
-        raise checkpoint.CheckpointError(f"{where} does not fit --optimizer {config.optimizer}: {e}") from None
-    return {"step": manifest["step"], "params": arrays["params"], "optimizer": optimizer}
+        raise CheckpointError(f"{where} does not fit --optimizer {config.optimizer}: {e}") from None
+    return ServerState(manifest["step"], arrays["params"], optimizer)
 
 
-def _save(config: Config, ds: data.Dataset, model: QuantileModel, fleet: Fleet, state: dict) -> None:
-    arrays = {"params": state["params"], **{f"opt.{k}": v for k, v in state["optimizer"].items()}}
-    meta = {"epoch": state["step"] / fleet.steps_per_epoch, "config": config.to_dict(),
-            "dataset": ds.fingerprint(), "model": model.describe(),
+def _save(config: TrainConfig, ds: data.Dataset, model: dict, fleet: Fleet, state: ServerState) -> None:
+    arrays = {"params": state.params, **{f"opt.{k}": v for k, v in state.optimizer.items()}}
+    meta = {"epoch": state.step / fleet.steps_per_epoch, "config": config.to_dict(),
+            "dataset": ds.fingerprint(), "model": model,
             "data_order": {"seed": config.seed, "workers": len(fleet.actors), "shards": fleet.shards,
                            "batches": fleet.batches, "steps_per_epoch": fleet.steps_per_epoch}}
-    checkpoint.save(config.checkpoint_dir, state["step"], arrays, meta, config.keep_checkpoints, config.storage)
+    checkpoint.save(config.checkpoint_dir, state.step, arrays, meta, config.keep_checkpoints, config.storage)
 
 
-def train(config: Config) -> dict:
-    """Train as `config` says; return (and print, and optionally save) the final summary."""
+def run(spec: ModelSpec, config: TrainConfig) -> TrainResult:
+    """Train the model of `spec` as `config` says; print the summary and return the result.
+    Every actor it started is stopped when it returns, fails or is interrupted."""
     t_start = time.perf_counter()
+    config.check()
     if not ray.is_initialized():
         ray.init(address=config.address)
-    ds = data.discover(config.data or default_dataset(), config.features, config.target, config.storage)
-    model = build_model(config, len(ds.features))
-    state = _restore(config, ds, model) or {"step": 0, "params": model.params.copy(), "optimizer": None}
-    fleet = Fleet(config, ds)
+    ds = data.discover(config.data, config.features, config.target, config.storage)
+    features = len(ds.features)
+    model = spec.build(features)
+    params, _ = flatten(model.parameters())
+    described = spec.describe(model, features)
+    state = _restore(config, ds, described, params.size) or ServerState(0, params.copy(), None)
+    fleet, servers = Fleet(spec, config, ds), []
+    try:
+        fleet.start()
+        state, summary = _train(config, ds, described, fleet, state, servers)
+    finally:
+        fleet.stop()
+        for server in servers:
+            ray.kill(server)
+    summary["wall_s"] = time.perf_counter() - t_start
+    print(format_summary(summary), flush=True)
+    if config.summary_json:
+        with open(config.summary_json, "w") as f:
+            json.dump(summary, f, indent=2)
+    trained = Trained(spec, features, state.params)
+    if config.report:  # the final model scored in this process on all of the training data
+        write_report(trained, ds, config.report, config.metrics, config.nonfinite,
+                     {"checkpoint": config.checkpoint_dir, "step": state.step})
+    return TrainResult(trained, summary, config.checkpoint_dir)
+
+
+def _train(config: TrainConfig, ds: data.Dataset, model: dict, fleet: Fleet, state: ServerState,
+           servers: list) -> tuple[ServerState, dict[str, Any]]:
+    """The step loop from `state` to the last step, then the validation figures: (final state, summary).
+    Every parameter server it starts is appended to `servers`, for the caller to stop."""
     spe = fleet.steps_per_epoch
     total = config.steps if config.steps is not None else max(1, math.ceil(config.epochs * spe))
 
-    def new_server(s: dict):
+    def new_server(s: ServerState):
         here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
-        return ray.remote(ParameterServer).options(num_cpus=0, scheduling_strategy=here, name=f"mgdist-server-{uuid.uuid4().hex[:8]}").remote(
-            config, s["params"], total, s["step"], s["optimizer"])
+        servers.append(ray.remote(ParameterServer).options(
+            num_cpus=0, scheduling_strategy=here, name=f"mgdist-server-{uuid.uuid4().hex[:8]}").remote(
+            config, s.params, total, s.step, s.optimizer))
+        return servers[-1]
 
     server = new_server(state)
     ray_get(server.state.remote())  # started, so the clock below measures training alone
-    progress = Progress(total, state["step"], config.batch_size, spe, config.metrics)
+    progress = Progress(total, state.step, config.batch_size, spe, config.metrics)
     progress.log(f"{ds.rows:,} rows x {len(ds.features)} features in {len(ds.files)} files; {len(fleet.actors)} "
-                 f"workers on {sorted({i['node'] + '/' + i['arch'] for i in fleet.info})}; steps {state['step']}"
+                 f"workers on {sorted({i.node + '/' + i.arch for i in fleet.info})}; steps {state.step}"
                  f"..{total} of {config.batch_size} rows ({spe} per epoch)")
     if config.balance == "speed" and len(fleet.actors) > 1:
         progress.log("measured speeds (rows/s): " + ", ".join(f"{s:,.0f}" for s in fleet.speeds)
                      + f"; rows per step: {fleet.batches}")
 
-    failures, train_loss, skips_logged = 0, float("nan"), set()
-    while state["step"] < total:
-        step, stop = state["step"], _next_stop(state["step"], total, config)
-        try:  # the server drives the steps up to the next log or checkpoint point
-            state = ray_get(server.run.remote(stop, fleet.actors, fleet.batches, fleet.steps_per_epoch),
-                            timeout=config.step_timeout * (stop - step))
-        except LOST as e:
-            failures += 1
-            if failures > config.max_failures:
-                raise TrainingError(f"giving up after {failures} failures (--max-failures "
-                                    f"{config.max_failures}); last: {_one_line(e)}") from None
-            try:
-                state = ray_get(server.state.remote(), timeout=30)
-                progress.log(f"failure {failures} at step {state['step']}: {_one_line(e)}")
-            except LOST:
-                ray.kill(server)
-                server = new_server(state)
-                progress.log(f"failure {failures}: {_one_line(e)}; parameter server lost: restored step "
-                             f"{state['step']}, replaying from there")
-            progress.log(fleet.heal())
-            continue
-        for message in state["skips"]:  # all so far: a replay or a discarded state loses none
-            if message not in skips_logged:
-                progress.log(message)
-                skips_logged.add(message)
-        train_loss = state["train_loss"]
-        progress.update(stop, train_loss=train_loss)
-        if config.checkpoint_dir and (stop == total or config.checkpoint_every and stop % config.checkpoint_every == 0):
-            _save(config, ds, model, fleet, state)
-    final = state["params"]
-    loop_s = time.perf_counter() - progress.t0
-    slowest_s, mean_s = state.get("compute_s", (0.0, 0.0))  # of this server's steps: fewer after a server loss
-    progress.close()
+    failures, skips_logged = 0, set()
+    try:
+        while state.step < total:
+            step, stop = state.step, _next_stop(state.step, total, config)
+            try:  # the server drives the steps up to the next log or checkpoint point
+                state = ray_get(server.run.remote(stop, fleet.actors, fleet.batches, fleet.steps_per_epoch),
+                                timeout=config.step_timeout * (stop - step))
+            except LOST as e:
+                failures += 1
+                if failures > config.max_failures:
+                    raise TrainingError(f"giving up after {failures} failures (--max-failures "
+                                        f"{config.max_failures}); last: {_one_line(e)}") from None
+                try:
+                    state = ray_get(server.state.remote(), timeout=30)
+                    progress.log(f"failure {failures} at step {state.step}: {_one_line(e)}")
+                except LOST:
+                    ray.kill(server)
+                    server = new_server(state)
+                    progress.log(f"failure {failures}: {_one_line(e)}; parameter server lost: restored step "
+                                 f"{state.step}, replaying from there")
+                progress.log(fleet.heal())
+                continue
+            for message in state.skips:  # all so far: a replay or a discarded state loses none
+                if message not in skips_logged:
+                    progress.log(message)
+                    skips_logged.add(message)
+            progress.update(stop, train_loss=state.train_loss)
+            if config.checkpoint_dir and (stop == total or config.checkpoint_every and stop % config.checkpoint_every == 0):
+                _save(config, ds, model, fleet, state)
+    finally:
+        progress.close()
+    loop_s = time.perf_counter() - progress.t0  # the compute seconds are this server's steps': fewer after a loss
 
-    model_stats, oracle_stats = QuantileStats(config.quantiles), QuantileStats(config.quantiles)
-    for m, o in ray_get([w.evaluate.remote(final) for w in fleet.actors]):
-        model_stats.merge(m)
-        if o is not None:
-            oracle_stats.merge(o)
-    val, oracle = model_stats.summary(), (oracle_stats.summary() if ds.synthetic else None)
+    evaluations = ray_get([w.evaluate.remote(state.params) for w in fleet.actors])
+    metrics = evaluations[0].metrics
+    for e in evaluations[1:]:
+        if metrics is not None:
+            metrics.merge(e.metrics)
+    val_rows = sum(e.rows for e in evaluations)
     summary = {
-        "steps": total, "epochs": round(total / fleet.steps_per_epoch, 4), "workers": len(fleet.actors),
+        "steps": total, "epochs": round(total / spe, 4), "workers": len(fleet.actors),
         "rows_per_s": progress.rows_per_s(total),
-        "wall_s": time.perf_counter() - t_start,
-        "train_loss": train_loss, "val_loss": val["pinball"], "oracle_loss": oracle and oracle["pinball"],
-        "coverage": val["coverage"], "oracle_coverage": oracle and oracle["coverage"],
-        "crossing_rate": val["crossing_rate"], "failures_survived": failures,
-        "worker_busy": mean_s / loop_s,  # share of the loop's time the mean worker spent computing
-        "outside_compute": 1 - slowest_s / loop_s,  # share spent outside each step's slowest worker's compute
+        "train_loss": state.train_loss,
+        "val_loss": sum(e.loss_sum for e in evaluations) / val_rows if val_rows else float("nan"),
+        **(metrics.summary() if metrics is not None else {}),
+        "failures_survived": failures,
+        "worker_busy": state.mean_s / loop_s,  # share of the loop's time the mean worker spent computing
+        "outside_compute": 1 - state.slowest_s / loop_s,  # share outside each step's slowest worker's compute
     }
-    print(format_summary(summary), flush=True)
-    if config.summary_json:
-        with open(config.summary_json, "w") as f:
-            json.dump(summary, f, indent=2)
-    fleet.stop()
-    ray.kill(server)
-    if config.report:  # the final model scored in this process on all of the training data
-        np.copyto(model.params, final)
-        write_report(model, ds, config.report, config.metrics, config.nonfinite,
-                     {"checkpoint": config.checkpoint_dir, "step": total})
-    return summary
+    return state, summary

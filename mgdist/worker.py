@@ -2,21 +2,46 @@
 from __future__ import annotations
 
 import os
+import platform
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import ray
 
-from mgdist import link, synthetic
-from mgdist.config import Config
+import mgdist
+from micrograd.parallel import GradSum
+from mgdist import link
+from mgdist.config import TrainConfig
 from mgdist.data import Dataset, load_shard
-from mgdist.metrics import QuantileStats
-from mgdist.model import QuantileModel
+from mgdist.model import Metrics, ModelSpec, loss_sum, make_metrics, predict
 
 
-def build_model(config: Config, features: int) -> QuantileModel:
-    return QuantileModel(features, config.quantiles, config.hidden, config.activation,
-                         config.non_crossing, config.seed)
+@dataclass(frozen=True)
+class ShardInfo:
+    """A worker's facts once its shard is loaded: its rows and where it runs."""
+    rows: int
+    train: int
+    val: int
+    features: int
+    node: str
+    arch: str
+    node_id: str
+    pid: int
+    versions: tuple[tuple[str, str], ...]  # (name, version) of Python, Ray, mgdist on its node
+
+
+@dataclass
+class Evaluation:
+    """A worker's validation figures: the loss summed over its held-out rows, and the model's own metrics."""
+    loss_sum: float
+    rows: int
+    metrics: Metrics | None
+
+
+def versions() -> tuple[tuple[str, str], ...]:
+    """What every node of a run must agree on: Python, Ray and mgdist versions."""
+    return ("Python", platform.python_version()), ("Ray", ray.__version__), ("mgdist", mgdist.__version__)
 
 
 def split_rows(n: int, val_fraction: float, seed: int, rank: int) -> tuple[np.ndarray, np.ndarray]:
@@ -40,12 +65,12 @@ def epoch_order(train: np.ndarray, seed: int, rank: int, epoch: int) -> np.ndarr
 class Worker:
     """Loads its shard where it runs; a lost worker is replaced by a new one on the same shard (fleet.py)."""
 
-    def __init__(self, config: Config, dataset: Dataset, groups: list[int], rank: int):
-        self.config, self.dataset, self.rank, self.error = config, dataset, rank, None
+    def __init__(self, spec: ModelSpec, config: TrainConfig, dataset: Dataset, groups: list[int], rank: int):
+        self.spec, self.config, self.dataset, self.rank, self.error = spec, config, dataset, rank, None
         self.slowdown = config.slowdown[rank] if rank < len(config.slowdown) else 1.0
         self._load(groups)
 
-    def reshard(self, groups: list[int]) -> dict:
+    def reshard(self, groups: list[int]) -> ShardInfo:
         """Load these row groups as this worker's shard instead; its facts, as ready()."""
         self._load(groups)
         return self.ready()
@@ -58,16 +83,15 @@ class Worker:
             self.error = e
             return
         self.train, self.val = split_rows(len(self.X), self.config.val_fraction, self.config.seed, self.rank)
-        self.model = build_model(self.config, self.X.shape[1])
+        self.grads = GradSum(lambda: self.spec.build(self.X.shape[1]))
         self._order: tuple[int | None, np.ndarray | None] = (None, None)
 
-    def ready(self) -> dict:
+    def ready(self) -> ShardInfo:
         """Shard facts once loaded; raises the loading error, if any."""
         if self.error is not None:
             raise self.error
-        return {"rows": len(self.X), "train": len(self.train), "val": len(self.val),
-                "features": self.X.shape[1], "node": os.uname().nodename, "arch": os.uname().machine,
-                "node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}
+        return ShardInfo(len(self.X), len(self.train), len(self.val), self.X.shape[1], os.uname().nodename,
+                         os.uname().machine, ray.get_runtime_context().get_node_id(), os.getpid(), versions())
 
     def _rows(self, step: int, batch: int, steps_per_epoch: int) -> np.ndarray:
         """This worker's `batch` rows (of its shard) of global `step`."""
@@ -78,7 +102,7 @@ class Worker:
 
     def _grad_sum(self, rows: np.ndarray) -> tuple[np.ndarray, float]:
         t = time.perf_counter()
-        grad, loss = self.model.grad_sum(self.X, self.y, rows)
+        grad, loss = self.grads({"X": self.X, "y": self.y}, rows)
         if self.slowdown > 1:  # test setting: stretch compute as on a slower node
             time.sleep((self.slowdown - 1) * (time.perf_counter() - t))
         return grad, loss
@@ -87,7 +111,7 @@ class Worker:
         """(gradient sum, rows, loss sum, seconds computing) over this worker's `batch` rows of global `step`."""
         t = time.perf_counter()
         rows = self._rows(step, batch, steps_per_epoch)
-        np.copyto(self.model.params, weights)
+        np.copyto(self.grads.params, weights)
         grad, loss = self._grad_sum(rows)
         return grad, len(rows), loss, time.perf_counter() - t
 
@@ -95,7 +119,7 @@ class Worker:
         """Connect to the parameter server at host:port as its worker `index`, then compute each
         step it sends (weights, step, rows, steps per epoch) and answer with grad()'s result,
         until the server closes the link."""
-        weights = np.empty_like(self.model.params)
+        weights = np.empty_like(self.grads.params)
         with link.connect(host, port, timeout=self.config.step_timeout) as sock:
             try:
                 link.send(sock, (index, 0, 0), np.empty(0, np.float32))
@@ -117,10 +141,11 @@ class Worker:
             times.append(time.perf_counter() - t)
         return len(rows) / min(times)
 
-    def evaluate(self, weights: np.ndarray) -> tuple[QuantileStats, QuantileStats | None]:
-        """Stats of the model on this shard's validation rows, and of the true quantiles if known."""
-        np.copyto(self.model.params, weights)
-        X, y, levels = self.X[self.val], self.y[self.val], self.config.quantiles
-        model = QuantileStats(levels).add(y, self.model.predict(X))
-        oracle = QuantileStats(levels).add(y, synthetic.true_quantile(X, levels)) if self.dataset.synthetic else None
-        return model, oracle
+    def evaluate(self, weights: np.ndarray) -> Evaluation:
+        """The model with these weights on this shard's validation rows."""
+        np.copyto(self.grads.params, weights)
+        X, y = self.X[self.val], self.y[self.val]
+        metrics = make_metrics(self.grads.model, self.dataset)
+        if metrics is not None:
+            metrics.add(X, y, predict(self.grads.model, X))
+        return Evaluation(loss_sum(self.grads.model, X, y), len(y), metrics)
