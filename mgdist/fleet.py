@@ -1,6 +1,7 @@
 """The worker actors of a run: placed by CPUs and architecture, replaced when lost."""
 from __future__ import annotations
 
+import sys
 import time
 import uuid
 
@@ -24,6 +25,14 @@ def ray_get(refs, timeout: float | None = None):
         if isinstance(e.cause, MgdistError):
             raise e.cause from None
         raise
+
+
+def ship_by_value(spec: ModelSpec) -> None:
+    """Have Ray send the model's module to the workers by value, unless it is mgdist's own: a
+    model in a notebook, a test file or the caller's directory need not be importable there."""
+    module = spec.cls.__module__
+    if module != "__main__" and module.split(".")[0] not in ("mgdist", "micrograd"):
+        ray.cloudpickle.register_pickle_by_value(sys.modules[module])
 
 
 def split_batch(batch: int, rows: list[int]) -> list[int]:
@@ -74,9 +83,10 @@ class Fleet:
     def __init__(self, spec: ModelSpec, config: TrainConfig, ds: data.Dataset):
         self.spec, self.config, self.ds = spec, config, ds
         self.options = _worker_options(config)
-        self.start()
+        self.actors: list = []
 
     def start(self) -> None:
+        """Spawn a worker per shard, wait until every one has loaded it (TrainingError if not)."""
         k = len(self.options)
         self.shards = data.plan_shards(self.ds.group_rows, k)
         self.actors = [self._spawn(rank) for rank in range(k)]

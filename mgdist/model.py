@@ -89,8 +89,8 @@ class ModelSpec:
 
 def predict(model: Any, X: np.ndarray, rows: int = PREDICT_ROWS) -> np.ndarray:
     """model.prediction for every row of X, `rows` at a time, float32."""
-    parts = [model.prediction.forward(X=X[i:i + rows]) for i in range(0, len(X), rows)]
-    return np.concatenate(parts) if parts else np.empty((0,), np.float32)
+    parts = [model.prediction.forward(X=X[i:i + rows]) for i in range(0, max(len(X), 1), rows)]  # no rows: one empty pass
+    return np.concatenate(parts)
 
 
 def loss_sum(model: Any, X: np.ndarray, y: np.ndarray, rows: int = PREDICT_ROWS) -> float:

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from mgdist.data import DataError, Dataset, Storage, copy_columns, filesystem, plan_shards, reraise
 from mgdist.evaluate import dataset_for, load
-from mgdist.fleet import ray_get
+from mgdist.fleet import ray_get, ship_by_value
 from mgdist.model import Trained, output_names
 
 TASK_ROWS = 1 << 18  # rows per task, at most a row group more: the progress bar moves a task at a time
@@ -90,6 +90,7 @@ def predict(checkpoint: str, data: str, out: str, keep: Sequence[str] | None = N
         ray.init(address=address)
     cpus = int(ray.cluster_resources().get("CPU", 1))
     tasks = min(sum(rows > 0 for rows in ds.group_rows), max(cpus, -(-ds.rows // TASK_ROWS)))
+    ship_by_value(trained.spec)
     model = ray.put(trained)
     pending = {_predict_groups.remote(model, ds, groups, schema, len(names), out):
                sum(ds.group_rows[g] for g in groups) for groups in plan_shards(ds.group_rows, tasks)}

@@ -25,7 +25,7 @@ from mgdist import checkpoint, data
 from mgdist.config import TrainConfig
 from mgdist.errors import CheckpointError, TrainingError
 from mgdist.evaluate import write_report
-from mgdist.fleet import LOST, Fleet, ray_get
+from mgdist.fleet import LOST, Fleet, ray_get, ship_by_value
 from mgdist.model import ModelSpec, Trained
 from mgdist.report import Progress, format_summary
 from mgdist.server import ParameterServer, ServerState, make_optimizer
@@ -108,6 +108,7 @@ def run(spec: ModelSpec, config: TrainConfig) -> TrainResult:
     params, _ = flatten(model.parameters())
     described = spec.describe(model, features)
     state = _restore(config, ds, described, params.size) or ServerState(0, params.copy(), None)
+    ship_by_value(spec)
     fleet, servers = Fleet(spec, config, ds), []
     try:
         fleet.start()

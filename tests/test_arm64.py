@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mgdist import synthetic
+from mgdist.workloads import synthetic
 
 pytestmark = pytest.mark.slow
 
@@ -41,23 +41,27 @@ import json, sys
 import numpy as np
 import ray
 from mgdist import data
-from mgdist.config import Config
-from mgdist.worker import Worker, build_model
+from micrograd.nn import flatten
+from mgdist.config import TrainConfig
+from mgdist.model import ModelSpec
+from mgdist.worker import Worker
+from mgdist.workloads.quantile import QuantileMLP
 
 path, out = sys.argv[1:]
 ray.init()
 ds = data.discover(path)
-config = Config(data=path, hidden=(64, 64), seed=7)
-model = build_model(config, len(ds.features))
-weights = model.params + np.float32(0.3) * np.random.default_rng(11).standard_normal(model.params.size, np.float32)
+config = TrainConfig(data=path, seed=7)
+spec = ModelSpec(QuantileMLP, {"hidden": [64, 64], "seed": 7})
+params, _ = flatten(spec.build(len(ds.features)).parameters())
+weights = params + np.float32(0.3) * np.random.default_rng(11).standard_normal(params.size, np.float32)
 workers = {arch: ray.remote(Worker).options(num_cpus=1, resources={f"arch_{arch}": 0.001}).remote(
-               config, ds, list(range(len(ds.group_rows))), 0) for arch in ("x86_64", "aarch64")}
+               spec, config, ds, list(range(len(ds.group_rows))), 0) for arch in ("x86_64", "aarch64")}
 info = {arch: ray.get(w.ready.remote()) for arch, w in workers.items()}
 batch = 512
-result = {"machine": {arch: i["arch"] for arch, i in info.items()}, "steps": []}
+result = {"machine": {arch: i.arch for arch, i in info.items()}, "steps": []}
 for step in range(3):
     (g86, n86, l86, _), (garm, narm, larm, _) = ray.get([workers[arch].grad.remote(
-        weights, step, batch, info[arch]["train"] // batch) for arch in ("x86_64", "aarch64")])
+        weights, step, batch, info[arch].train // batch) for arch in ("x86_64", "aarch64")])
     result["steps"].append({"rows": [n86, narm], "loss": [l86, larm], "x86_64": g86.tolist(), "aarch64": garm.tolist()})
 json.dump(result, open(out, "w"))
 """

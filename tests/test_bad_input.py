@@ -12,7 +12,8 @@ import pytest
 import ray
 import s3fs
 
-from mgdist import checkpoint, synthetic
+from mgdist import checkpoint
+from mgdist.workloads import synthetic
 
 JOB = Path(__file__).resolve().parents[1] / "jobs" / "quantile.py"
 SMALL = ["--hidden", "8", "--batch-size", "300", "--steps", "6", "--log-every", "3", "--seed", "1"]

@@ -11,7 +11,8 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from mgdist.data import DataError, Storage, discover, load_shard, plan_shards
-from mgdist.synthetic import sample, write
+from mgdist.workloads import synthetic
+from mgdist.workloads.synthetic import sample, write
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -44,10 +45,10 @@ def test_discover_directory_file_glob_and_file_uri(dataset_dir):
 
 
 def test_synthetic_data_is_recognised(dataset_dir, tmp_path):
-    assert discover(str(dataset_dir)).synthetic  # so its true quantiles can be used
-    assert not discover(str(dataset_dir), "f1,f2,f3,f4").synthetic
+    assert synthetic.known(discover(str(dataset_dir))) == synthetic.Known("y", ())  # so its true quantiles can be used
+    assert synthetic.known(discover(str(dataset_dir), "f1,f2,f3,f4")) is None
     path = write_table(tmp_path / "a.parquet", f0=[1.0], f1=[1.0], f2=[1.0], f3=[1.0], y=[1.0])
-    assert not discover(str(path)).synthetic
+    assert synthetic.known(discover(str(path))) is None
 
 
 def test_feature_selection(tmp_path):
@@ -256,7 +257,7 @@ def test_s3_wrong_secret_missing_bucket_and_anonymous_access(s3_env, monkeypatch
     assert make_data(uri).returncode == 0
     ds = discover(uri)
     done = make_data("s3://no-such-bucket/x")
-    assert done.returncode == 1 and done.stderr == "make_data: s3://no-such-bucket/x: not found: The specified bucket does not exist\n"
+    assert done.returncode == 2 and done.stderr == "error: s3://no-such-bucket/x: not found: The specified bucket does not exist\n"
     with pytest.raises(DataError, match="^s3://no-such-bucket/x: not found: The specified bucket does not exist$"):
         discover("s3://no-such-bucket/x")
     with pytest.raises(DataError, match=f"^{uri}/nothing: not found"):

@@ -11,30 +11,33 @@ import pyarrow.parquet as pq
 import pytest
 import ray
 
-from mgdist import checkpoint, evaluate, synthetic
-from mgdist.checkpoint import CheckpointError
-from mgdist.config import Config
+from micrograd.nn import flatten
+from mgdist import checkpoint, evaluate
+from mgdist.config import TrainConfig
 from mgdist.data import Dataset, discover
-from mgdist.evaluate import dataset_for, load_model, write_report
-from mgdist.model import QuantileModel
-from mgdist.trainer import train
-from mgdist.worker import build_model
+from mgdist.errors import CheckpointError
+from mgdist.evaluate import dataset_for, load, write_report
+from mgdist.model import ModelSpec
+from mgdist.trainer import run
+from mgdist.workloads import synthetic
+from mgdist.workloads.quantile import QuantileMLP
 
 ROOT = Path(__file__).resolve().parents[1]
 LEVELS = (0.1, 0.5, 0.9)
 
 
-def save_checkpoint(directory: Path, ds: Dataset, step: int = 1, bias: tuple | None = None, **config) -> QuantileModel:
-    """A checkpoint with the manifest fields the trainer writes, of a fresh model for `ds`;
+def save_checkpoint(directory: Path, ds: Dataset, step: int = 1, bias: tuple | None = None, **args) -> None:
+    """A checkpoint with the manifest fields the trainer writes, of a fresh quantile model for `ds`;
     with `bias`, a model that predicts exactly these quantiles for every row."""
-    config = Config(**dict(data=ds.uri, quantiles=LEVELS, hidden=(8,)) | config)
-    model = build_model(config, len(ds.features))
+    spec = ModelSpec(QuantileMLP, dict(levels=LEVELS, hidden=(8,)) | args)
+    model = spec.build(len(ds.features))
+    params, _ = flatten(model.parameters())
     if bias is not None:
-        model.params[:] = 0
+        params[:] = 0
         model.net.layers[-1].b.data[:] = bias
-    checkpoint.save(str(directory), step, {"params": model.params},
-                    {"config": config.to_dict(), "dataset": ds.fingerprint(), "model": model.describe()})
-    return model
+    checkpoint.save(str(directory), step, {"params": params},
+                    {"config": TrainConfig(data=ds.uri).to_dict(), "dataset": ds.fingerprint(),
+                     "model": spec.describe(model, len(ds.features))})
 
 
 def evaluate_job(*args) -> subprocess.CompletedProcess:
@@ -52,44 +55,45 @@ def four_rows(tmp_path) -> Dataset:
 
 def test_figures_by_hand(four_rows, tmp_path, monkeypatch, capsys):
     save_checkpoint(tmp_path / "ckpt", four_rows, bias=(-1, 0, 1))
-    model, manifest = load_model(str(tmp_path / "ckpt"))
+    trained, manifest = load(str(tmp_path / "ckpt"))
     monkeypatch.setattr(evaluate, "EVAL_ROWS", 3)  # two chunks, whose sums add up
-    metrics = write_report(model, dataset_for(manifest, four_rows.uri), str(tmp_path / "report"))
+    report = write_report(trained, dataset_for(manifest, four_rows.uri), str(tmp_path / "report"))
     # pinball per level over y - p:  q=0.1, p=-1: 0.9 + 0 + 0.15 + 0.4;  q=0.5, p=0: 1 + 0.5 + 0.25 + 1.5;
     # q=0.9, p=1: 0.3 + 0.2 + 0.05 + 1.8
-    figures = metrics["model"]
+    figures = report["figures"]
     assert figures["pinball_per_level"] == pytest.approx({"0.1": 1.45 / 4, "0.5": 3.25 / 4, "0.9": 2.35 / 4})
-    assert figures["pinball"] == pytest.approx((1.45 + 3.25 + 2.35) / 12)
+    assert figures["pinball"] == pytest.approx((1.45 + 3.25 + 2.35) / 12) == pytest.approx(figures["loss"])
     assert figures["coverage"] == {"0.1": 0.5, "0.5": 0.5, "0.9": 0.75}  # y <= -1, 0, 1: 2, 2 and 3 rows
-    assert figures["intervals"] == {"0.1-0.9": {"coverage": 0.5, "nominal": 0.8, "mean_width": 2.0}}
-    assert figures["rows"] == 4 and figures["crossing_rate"] == 0 and metrics["oracle"] is None
+    assert figures["interval_coverage"] == {"0.1-0.9": 0.5} and figures["interval_width"] == {"0.1-0.9": 2.0}
+    assert figures["rows"] == 4 and figures["crossing_rate"] == 0 and "oracle_loss" not in figures
     saved = json.loads((tmp_path / "report/metrics.json").read_text())
-    assert saved == {"data": four_rows.uri, "model": metrics["model"], "oracle": None}
+    assert saved == {"data": four_rows.uri, "model": "mgdist.workloads.quantile:QuantileMLP", "rows": 4,
+                     "figures": json.loads(json.dumps(figures))}
     assert "no loss curve: no training metrics log (--metrics)" in capsys.readouterr().err
 
     save_checkpoint(tmp_path / "ckpt", four_rows, step=2, bias=(1, 0, -1))  # every row's quantiles cross
     done = evaluate_job("--checkpoint", tmp_path / "ckpt", "--data", four_rows.uri, "--report", tmp_path / "r2")
     crossed = json.loads((tmp_path / "r2/metrics.json").read_text())
     assert done.returncode == 0 and crossed["step"] == 2 and crossed["checkpoint"] == str(tmp_path / "ckpt")
-    assert crossed["model"]["crossing_rate"] == 1.0 and crossed["model"]["intervals"]["0.1-0.9"]["mean_width"] == -2.0
-    assert "crossing rate" in done.stdout and "oracle" not in done.stdout
+    assert crossed["figures"]["crossing_rate"] == 1.0 and crossed["figures"]["interval_width"]["0.1-0.9"] == -2.0
+    assert "crossing_rate" in done.stdout and "oracle" not in done.stdout
 
 
 def test_checkpoint_directory_or_one_manifest(four_rows, tmp_path):
     for step, bias in [(1, (-1, 0, 1)), (2, (-2, 0, 2)), (3, (-3, 0, 3))]:
         save_checkpoint(tmp_path / "ckpt", four_rows, step, bias=bias)
-    model, manifest = load_model(str(tmp_path / "ckpt/ckpt-000000001.json"))
+    model, manifest = load(str(tmp_path / "ckpt/ckpt-000000001.json"))
     assert manifest["step"] == 1 and model.predict(np.zeros((1, 2), np.float32)).tolist() == [[-1, 0, 1]]
     newest = json.loads((tmp_path / "ckpt/ckpt-000000003.json").read_text())["npz"]
     (tmp_path / "ckpt" / newest).write_bytes(b"truncated")
     with pytest.warns(UserWarning, match="skipping checkpoint: .*checksum mismatch"):
-        model, manifest = load_model(str(tmp_path / "ckpt"))
+        model, manifest = load(str(tmp_path / "ckpt"))
     assert manifest["step"] == 2 and model.predict(np.zeros((1, 2), np.float32)).tolist() == [[-2, 0, 2]]
     with pytest.raises(CheckpointError, match="no checkpoint here"):
-        load_model(str(tmp_path))
+        load(str(tmp_path))
     checkpoint.save(str(tmp_path / "bare"), 5, {"params": np.zeros(3, np.float32)}, {})
     with pytest.raises(CheckpointError, match="not a training checkpoint"):
-        load_model(str(tmp_path / "bare"))
+        load(str(tmp_path / "bare"))
 
 
 def _drawn(png: Path) -> float:
@@ -108,22 +112,19 @@ def test_report_with_oracle_and_plots(tmp_path):
                         "--metrics", log)
     assert done.returncode == 0, done.stderr
     assert "report: wrote metrics.json, loss.png, calibration.png, fan.png" in done.stderr
-    metrics = json.loads((tmp_path / "r/metrics.json").read_text())
-    model, oracle = metrics["model"], metrics["oracle"]
-    assert model["rows"] == oracle["rows"] == 4000 and model["crossing_rate"] == 0  # non-crossing model
-    assert oracle["pinball"] < model["pinball"]  # an untrained model is worse than the truth
-    assert [oracle["coverage"][f"{q:g}"] for q in LEVELS] == pytest.approx(LEVELS, abs=0.03)
-    assert oracle["intervals"]["0.1-0.9"]["coverage"] == pytest.approx(0.8, abs=0.03)
-    header, *lines = done.stdout.splitlines()[1:]
-    assert header.split() == ["model", "oracle"] and lines[0].split() == ["pinball", f"{model['pinball']:.4f}",
-                                                                           f"{oracle['pinball']:.4f}"]
+    figures = json.loads((tmp_path / "r/metrics.json").read_text())["figures"]
+    assert figures["rows"] == 4000 and figures["crossing_rate"] == 0  # non-crossing model
+    assert figures["oracle_loss"] < figures["pinball"]  # an untrained model is worse than the truth
+    assert [figures["oracle_coverage"][f"{q:g}"] for q in LEVELS] == pytest.approx(LEVELS, abs=0.03)
+    lines = done.stdout.splitlines()[1:]
+    assert lines[:2] == [f"{'loss':<32}{figures['loss']:>10.4f}", f"{'pinball':<32}{figures['pinball']:>10.4f}"]
     for name in ("loss.png", "calibration.png", "fan.png"):
         assert _drawn(tmp_path / "r" / name) > 0.02, name
 
 
 def test_without_matplotlib_metrics_only(four_rows, tmp_path, monkeypatch, capsys):
     save_checkpoint(tmp_path / "ckpt", four_rows)
-    model, manifest = load_model(str(tmp_path / "ckpt"))
+    model, manifest = load(str(tmp_path / "ckpt"))
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib... raises ImportError
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
     write_report(model, dataset_for(manifest, four_rows.uri), str(tmp_path / "r"))
@@ -154,11 +155,11 @@ def ray_local():
 
 def test_training_job_writes_the_same_report(ray_local, tmp_path):
     synthetic.write(str(tmp_path / "data"), 3000, 6, files=2, row_group_rows=500, seed=2, progress=False)
-    config = Config(data=str(tmp_path / "data"), hidden=(16,), batch_size=500, steps=8, log_every=2,
-                    checkpoint_dir=str(tmp_path / "ckpt"), metrics=str(tmp_path / "m.jsonl"), report=str(tmp_path / "r"))
-    train(config)
+    config = TrainConfig(data=str(tmp_path / "data"), batch_size=500, steps=8, log_every=2,
+                         checkpoint_dir=str(tmp_path / "ckpt"), metrics=str(tmp_path / "m.jsonl"), report=str(tmp_path / "r"))
+    run(ModelSpec(QuantileMLP, {"hidden": [16]}), config)
     from_training = json.loads((tmp_path / "r/metrics.json").read_text())
-    assert from_training["step"] == 8 and from_training["model"]["rows"] == 3000
+    assert from_training["step"] == 8 and from_training["rows"] == 3000
     done = evaluate_job("--checkpoint", config.checkpoint_dir, "--data", config.data, "--report", tmp_path / "again")
     assert done.returncode == 0, done.stderr
     assert json.loads((tmp_path / "again/metrics.json").read_text()) == from_training

@@ -22,7 +22,8 @@ import pytest
 import ray
 from ray.cluster_utils import Cluster
 
-from mgdist import checkpoint, data, synthetic
+from mgdist import checkpoint, data
+from mgdist.workloads import synthetic
 from mgdist.fleet import split_batch
 from mgdist.worker import epoch_order, split_rows
 

@@ -3,11 +3,14 @@ import pytest
 import ray
 from ray.cluster_utils import Cluster
 
-from mgdist import data, synthetic
-from mgdist.config import Config
-from mgdist.server import TrainingError
+from mgdist import data
+from mgdist.workloads import synthetic
+from mgdist.config import TrainConfig
+from mgdist.errors import TrainingError
 from mgdist.fleet import Fleet
-from mgdist.trainer import train
+from mgdist.model import ModelSpec
+from mgdist.trainer import run
+from mgdist.workloads.quantile import QuantileMLP
 
 MB = 2**20
 
@@ -31,22 +34,26 @@ def small_data(tmp_path_factory):
     return path
 
 
-def config(path: str, **kw) -> Config:
-    return Config(**dict(data=path, hidden=(8,), batch_size=400, steps=20, log_every=10) | kw)
+SPEC = ModelSpec(QuantileMLP, {"hidden": [8]})
+
+
+def config(path: str, **kw) -> TrainConfig:
+    return TrainConfig(**dict(data=path, batch_size=400, steps=20, log_every=10) | kw)
 
 
 def test_workers_land_on_the_architecture_asked(cluster, small_data):
-    fleet = Fleet(config(small_data, arch_workers={"x86_64": 1, "aarch64": 1}, workers=2), data.discover(small_data))
-    placed = sorted((info["node_id"], opts["resources"]) for info, opts in zip(fleet.info, fleet.options))
+    fleet = Fleet(SPEC, config(small_data, arch_workers={"x86_64": 1, "aarch64": 1}, workers=2), data.discover(small_data))
+    fleet.start()
+    placed = sorted((info.node_id, opts["resources"]) for info, opts in zip(fleet.info, fleet.options))
     assert placed == sorted([(cluster["aarch64"], {"arch_aarch64": 0.001}), (cluster["x86_64"], {"arch_x86_64": 0.001})])
     fleet.stop()
 
 
 def test_unsatisfiable_request_fails_clearly(cluster, small_data):
     with pytest.raises(TrainingError, match="aarch64 nodes need 2 CPUs, have 1"):
-        Fleet(config(small_data, arch_workers={"aarch64": 2}, workers=2, placement_timeout=2), data.discover(small_data))
+        Fleet(SPEC, config(small_data, arch_workers={"aarch64": 2}, workers=2, placement_timeout=2), data.discover(small_data))
 
 
 def test_training_across_labelled_nodes(cluster, small_data):
-    summary = train(config(small_data, arch_workers={"x86_64": 1, "aarch64": 1}, workers=2))
+    summary = run(SPEC, config(small_data, arch_workers={"x86_64": 1, "aarch64": 1}, workers=2)).summary
     assert summary["workers"] == 2 and summary["steps"] == 20

@@ -13,9 +13,9 @@ import s3fs
 from mgdist import predict as predict_module
 from mgdist.checkpoint import CheckpointError
 from mgdist.data import DataError, discover, load_shard
-from mgdist.evaluate import dataset_for, load_model
+from mgdist.evaluate import dataset_for, load
 from mgdist.predict import predict
-from mgdist.synthetic import sample
+from mgdist.workloads.synthetic import sample
 from test_evaluate import save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,13 +47,13 @@ def keyed_data(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def ckpt(keyed_data, tmp_path_factory) -> str:
     directory = tmp_path_factory.mktemp("ckpt")
-    save_checkpoint(directory, discover(str(keyed_data), "f*"), features="f*", hidden=(16, 8), quantiles=(0.05, 0.5, 0.95))
+    save_checkpoint(directory, discover(str(keyed_data), "f*"), hidden=(16, 8), levels=(0.05, 0.5, 0.95))
     return str(directory)
 
 
 def single_process(ckpt: str, data: str) -> tuple[pa.Table, np.ndarray]:
     """The input table and one process's prediction of all of it."""
-    model, manifest = load_model(ckpt)
+    model, manifest = load(ckpt)
     ds = dataset_for(manifest, data)
     X, _ = load_shard(ds, range(len(ds.group_rows)))
     return pq.read_table(data), model.predict(X)
@@ -123,5 +123,5 @@ def test_columns_found_by_name_and_clear_errors(ray_local, keyed_data, ckpt, tmp
         predict(ckpt, str(keyed_data), str(tmp_path / "out3"), keep=["key"])
     clash = tmp_path / "clash.parquet"
     pq.write_table(table.append_column("q0.5", table["y"]), clash)
-    with pytest.raises(ValueError, match=r"kept columns \['q0.5'\] would clash with the quantile columns"):
+    with pytest.raises(ValueError, match=r"kept columns \['q0.5'\] would clash with the prediction columns"):
         predict(ckpt, str(clash), str(tmp_path / "out4"))

@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from mgdist.data import DataError
-from mgdist.synthetic import rows_for_size, sample, true_quantile, write
+from mgdist.workloads.synthetic import rows_for_size, sample, true_quantile, write
 
 ROOT = Path(__file__).resolve().parents[1]
 LEVELS = [0.05, 0.25, 0.5, 0.75, 0.95]
@@ -98,4 +98,4 @@ def test_make_data_command(tmp_path):
     X0, y0 = sample(5000, 4, seed=3)
     assert np.array_equal(X, X0) and np.array_equal(y, y0)
     again = subprocess.run(cmd, capture_output=True, text=True)
-    assert again.returncode != 0 and again.stderr.strip() == f"make_data: file://{out} already holds files: write to a new place"
+    assert again.returncode != 0 and again.stderr.strip() == f"error: file://{out} already holds files: write to a new place"

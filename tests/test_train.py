@@ -3,13 +3,19 @@ import numpy as np
 import pytest
 import ray
 
+from micrograd.nn import flatten
 from micrograd.optim import Optimizer
-from mgdist import checkpoint, data, synthetic
-from mgdist.config import Config
-from mgdist.server import TrainingError, make_optimizer
+from micrograd.parallel import BLOCK, GradSum
+from mgdist import checkpoint, data
+from mgdist.config import TrainConfig
+from mgdist.errors import TrainingError
 from mgdist.fleet import Fleet, split_batch
-from mgdist.trainer import train
-from mgdist.worker import build_model, epoch_order, split_rows
+from mgdist.model import ModelSpec
+from mgdist.server import make_optimizer
+from mgdist.trainer import run
+from mgdist.worker import epoch_order, split_rows
+from mgdist.workloads import synthetic
+from mgdist.workloads.quantile import QuantileMLP
 
 
 @pytest.fixture(scope="module")
@@ -28,14 +34,21 @@ def uneven_data(tmp_path_factory):
     return str(root)
 
 
-def small_config(data_path: str, tmp_path, **kw) -> Config:
-    base = dict(data=data_path, hidden=(16,), quantiles=(0.1, 0.5, 0.9), batch_size=600, steps=12,
-                lr=0.01, schedule="cosine", warmup_steps=3, val_fraction=0.1, seed=3, log_every=4,
-                checkpoint_dir=str(tmp_path / "ckpt"))
-    return Config(**base | kw)
+def small_config(data_path: str, tmp_path, **kw) -> TrainConfig:
+    base = dict(data=data_path, batch_size=600, steps=12, lr=0.01, schedule="cosine", warmup_steps=3,
+                val_fraction=0.1, seed=3, log_every=4, checkpoint_dir=str(tmp_path / "ckpt"))
+    return TrainConfig(**base | kw)
 
 
-def single_process_params(config: Config, workers: int, shards: list | None = None) -> np.ndarray:
+def quantile(hidden=(16,)) -> ModelSpec:
+    return ModelSpec(QuantileMLP, dict(levels=(0.1, 0.5, 0.9), hidden=hidden, seed=3))
+
+
+def train(config: TrainConfig, hidden=(16,)) -> dict:
+    return run(quantile(hidden), config).summary
+
+
+def single_process_params(config: TrainConfig, workers: int, shards: list | None = None, hidden=(16,)) -> np.ndarray:
     """Replay the same global batches in one process: union of every worker's rows each step."""
     ds = data.discover(config.data)
     shards = shards or data.plan_shards(ds.group_rows, workers)
@@ -43,8 +56,9 @@ def single_process_params(config: Config, workers: int, shards: list | None = No
     trains = [split_rows(len(X), config.val_fraction, config.seed, r)[0] for r, (X, _) in enumerate(loaded)]
     batches = split_batch(config.batch_size, [len(t) for t in trains])
     per_epoch = min(len(t) // b for t, b in zip(trains, batches))
-    model = build_model(config, len(ds.features))
-    opt: Optimizer = make_optimizer(config, model.params.size, config.steps)
+    model = quantile(hidden).build(len(ds.features))
+    params, grads = flatten(model.parameters())
+    opt: Optimizer = make_optimizer(config, params.size, config.steps)
     for step in range(config.steps):
         epoch, i = divmod(step, per_epoch)
         rows = [epoch_order(t, config.seed, r, epoch)[i * b:(i + 1) * b] for r, (t, b) in enumerate(zip(trains, batches))]
@@ -52,8 +66,8 @@ def single_process_params(config: Config, workers: int, shards: list | None = No
         y = np.concatenate([loaded[r][1][rw] for r, rw in enumerate(rows)])
         model.loss.forward(X=X, y=y)
         model.loss.backward()
-        opt.step(model.params, model.grads)
-    return model.params
+        opt.step(params, grads)
+    return params
 
 
 @pytest.mark.parametrize("workers", [2, 3])
@@ -76,7 +90,8 @@ def test_summary_figures(ray_local, uneven_data, tmp_path):
     import json
     saved = json.loads((tmp_path / "s.json").read_text())
     assert set(saved) == {"steps", "epochs", "workers", "rows_per_s", "wall_s", "train_loss", "val_loss",
-                          "oracle_loss", "coverage", "oracle_coverage", "crossing_rate", "failures_survived",
+                          "pinball", "pinball_per_level", "coverage", "interval_coverage", "interval_width",
+                          "crossing_rate", "oracle_loss", "oracle_coverage", "failures_survived",
                           "worker_busy", "outside_compute"}
     assert 0 < saved["worker_busy"] <= 1 - saved["outside_compute"] < 1  # the slowest worker computes the longest
     assert saved["val_loss"] == pytest.approx(summary["val_loss"])
@@ -89,38 +104,40 @@ def test_summary_figures(ray_local, uneven_data, tmp_path):
 def test_fleet_rejects_what_no_node_offers(ray_local, uneven_data, tmp_path):
     ds = data.discover(uneven_data)
     with pytest.raises(TrainingError, match="aarch64 nodes need 1 CPUs, have 0"):
-        Fleet(small_config(uneven_data, tmp_path, arch_workers={"aarch64": 1}, workers=1, placement_timeout=1), ds)
+        Fleet(quantile(), small_config(uneven_data, tmp_path, arch_workers={"aarch64": 1}, workers=1, placement_timeout=1), ds).start()
     with pytest.raises(TrainingError, match="any nodes need 8 CPUs, have 2"):
-        Fleet(small_config(uneven_data, tmp_path, workers=4, cpus_per_worker=2, placement_timeout=0), ds)
+        Fleet(quantile(), small_config(uneven_data, tmp_path, workers=4, cpus_per_worker=2, placement_timeout=0), ds).start()
 
 
 def test_speed_balance_evens_out_a_slow_worker(ray_local, tmp_path_factory, tmp_path):
     path = str(tmp_path_factory.mktemp("balance") / "data")
     synthetic.write(path, rows=48000, features=16, files=4, row_group_rows=1000, progress=False)
-    common = dict(hidden=(128,), batch_size=16000, steps=20, slowdown=(8.0,), val_fraction=0.0, log_every=20)
-    equal = train(small_config(path, tmp_path / "equal", **common))
+    common = dict(batch_size=16000, steps=20, slowdown=(8.0,), val_fraction=0.0, log_every=20)
+    equal = train(small_config(path, tmp_path / "equal", **common), hidden=(128,))
     config = small_config(path, tmp_path / "speed", balance="speed", **common)
-    fast = train(config)
+    fast = train(config, hidden=(128,))
     step_time = {name: config.batch_size / s["rows_per_s"] for name, s in (("equal", equal), ("speed", fast))}
     assert step_time["speed"] <= 0.75 * step_time["equal"], step_time
     arrays, manifest = checkpoint.load(config.checkpoint_dir, config.steps)
     shards = manifest["data_order"]["shards"]
     assert len(shards[0]) < len(shards[1])  # the slow worker got the smaller shard
-    np.testing.assert_allclose(arrays["params"], single_process_params(config, 2, shards), rtol=1e-3, atol=5e-4)  # Adam amplifies float32 rounding of tiny gradients
+    np.testing.assert_allclose(arrays["params"], single_process_params(config, 2, shards, hidden=(128,)), rtol=1e-3, atol=5e-4)  # Adam amplifies float32 rounding of tiny gradients
 
 
 def test_grad_sum_in_micro_batches_equals_one_pass():
-    """A worker's gradient, summed MICRO_BATCH rows at a time over its rows, is the whole batch's."""
-    from mgdist.model import MICRO_BATCH, QuantileModel
+    """A worker's gradient, summed BLOCK rows at a time over its rows, is the whole batch's."""
     rng = np.random.default_rng(0)
-    X = rng.standard_normal((3 * MICRO_BATCH, 5)).astype(np.float32)
+    X = rng.standard_normal((3 * BLOCK, 5)).astype(np.float32)
     y = rng.standard_normal(len(X)).astype(np.float32)
-    rows = rng.permutation(len(X))[:2 * MICRO_BATCH + 123]  # a partial last micro-batch
-    model = QuantileModel(5, (0.1, 0.5, 0.9), (16,), "tanh", seed=1)
+    rows = rng.permutation(len(X))[:2 * BLOCK + 123]  # a partial last micro-batch
+    model = QuantileMLP(5, (0.1, 0.5, 0.9), (16,), "tanh", seed=1)
+    _, grads = flatten(model.parameters())
     model.loss.forward(X=X[rows], y=y[rows])
     model.loss.backward()
-    whole_grad, whole_loss = model.grads * len(rows), float(model.loss.data) * len(rows)
-    grad, loss = model.grad_sum(X, y, rows)
+    whole_grad, whole_loss = grads * len(rows), float(model.loss.data) * len(rows)
+    gs = GradSum(lambda: QuantileMLP(5, (0.1, 0.5, 0.9), (16,), "tanh", seed=1))
+    grad, loss = gs({"X": X, "y": y}, rows)
+    grad = grad.copy()
     np.testing.assert_allclose(grad, whole_grad, rtol=1e-4, atol=1e-4 * np.abs(whole_grad).max())
     assert loss == pytest.approx(whole_loss, rel=1e-5)
-    np.testing.assert_array_equal(model.grad_sum(X[rows], y[rows])[0], grad)  # all rows when none given
+    np.testing.assert_array_equal(gs({"X": X[rows], "y": y[rows]})[0], grad)  # all rows when none given
