@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mgdist.data import Dataset, discover, filesystem, load_shard, plan_shards
-from mgdist.synthetic import rows_for_size, write
+from mgdist.workloads.synthetic import rows_for_size, write
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import s3server  # noqa: E402

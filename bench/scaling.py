@@ -18,12 +18,13 @@ import time
 import numpy as np
 import ray
 
+import mgdist
 from micrograd.optim import Adam
-from mgdist import data, synthetic
-from mgdist.config import Config
-from mgdist.model import QuantileModel
-from mgdist.trainer import train
+from micrograd.parallel import GradSum
+from mgdist import data
 from mgdist.worker import epoch_order
+from mgdist.workloads import synthetic
+from mgdist.workloads.quantile import QuantileMLP
 
 LEVELS = tuple(np.round(np.linspace(0.1, 0.9, 9), 2))
 
@@ -32,13 +33,13 @@ def single_process(path: str, batch: int, steps: int) -> float:
     """Steps/s of one process training on the same data, rows chosen and gathered as a worker does."""
     ds = data.discover(path)
     X, y = data.load_shard(ds, range(len(ds.group_rows)))
-    model = QuantileModel(X.shape[1], LEVELS, (128,), "tanh")
-    opt = Adam(model.params.size, 1e-3)
+    grads = GradSum(lambda: QuantileMLP(X.shape[1], LEVELS, (128,), "tanh"))
+    opt = Adam(grads.params.size, 1e-3)
     order = epoch_order(np.arange(len(X)), seed=0, rank=0, epoch=0)
     t = time.perf_counter()
     for step in range(steps):
-        grad, _ = model.grad_sum(X, y, order[(step * batch) % (len(X) - batch):][:batch])
-        opt.step(model.params, grad / np.float32(batch))
+        grad, _ = grads({"X": X, "y": y}, order[(step * batch) % (len(X) - batch):][:batch])
+        opt.step(grads.params, grad / np.float32(batch))
     return steps / (time.perf_counter() - t)
 
 
@@ -58,9 +59,9 @@ def main() -> None:
     ray.init(address="local", num_cpus=2, object_store_memory=500 * 2**20, include_dashboard=False, log_to_driver=False)
     results = {}
     for workers in (1, 2):
-        config = Config(data=path, workers=workers, hidden=(128,), quantiles=LEVELS, batch_size=args.batch,
-                        steps=args.steps, lr=1e-3, schedule="constant", val_fraction=0.01, log_every=args.steps)
-        s = train(config)
+        s = mgdist.train(QuantileMLP, path, model_args={"levels": LEVELS, "hidden": [128]}, workers=workers,
+                         batch_size=args.batch, steps=args.steps, lr=1e-3, schedule="constant", val_fraction=0.01,
+                         log_every=args.steps).summary
         results[workers] = rate = s["rows_per_s"] / args.batch
         print(f"ray, {workers} worker(s)      {rate:6.2f} steps/s  {s['rows_per_s'] / 1e6:5.2f}M rows/s  "
               f"outside compute: {100 * s['outside_compute']:4.1f}% of step time (the slowest worker's; "

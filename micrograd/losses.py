@@ -1,4 +1,4 @@
-"""Losses: pinball (quantile) loss for many quantiles at once, mean squared error."""
+"""Losses: pinball (quantile) loss for many quantiles at once, mean squared error, cross-entropy."""
 from __future__ import annotations
 
 from typing import Sequence
@@ -44,3 +44,36 @@ def mse(pred: Value, target: Value) -> Value:
     if len(target.shape) == 1:  # pred.T puts the rows last; its shape is unknown in a lazy graph
         return ((pred.T - target) ** 2).mean()
     return ((pred - target) ** 2).mean()
+
+
+def cross_entropy(logits: Value, labels: Value) -> Value:
+    """Mean over rows of -log softmax(logits)[label], computed stably (the row's max subtracted).
+
+    logits is (n, C); labels is (n,), holding the classes 0..C-1 (as floats, like any target);
+    labels get no gradient.
+    """
+    labels = lift(labels)
+    out = Value.node("cross_entropy", logits, labels)
+    prob, picked = None, None  # softmax of each row and (rows, label) indices, kept from forward for backward
+
+    def cross_entropy_forward():
+        nonlocal prob, picked
+        z, c = logits.data, labels.data
+        if z.ndim != 2 or c.shape != (z.shape[0],):
+            raise ValueError(f"cross_entropy: logits {z.shape} and labels {c.shape}: need (n, classes) and (n,)")
+        index = c.astype(np.int64)
+        if index.size and (index.min() < 0 or index.max() >= z.shape[1] or (index != c).any()):
+            bad = c[(index < 0) | (index >= z.shape[1]) | (index != c)][0]
+            raise ValueError(f"cross_entropy: labels must be integers in [0, {z.shape[1]}), got {bad}")
+        shifted = z - z.max(axis=1, keepdims=True)
+        log_norm = np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+        picked = (np.arange(len(index)), index)
+        out.data = np.asarray((log_norm[:, 0] - shifted[picked]).mean(), dtype=engine.DTYPE)
+        prob = np.exp(shifted - log_norm)
+
+    def cross_entropy_backward():
+        if logits.requires_grad:
+            g = prob.copy()
+            g[picked] -= 1
+            logits.add_grad(g * (out.grad / len(g)))
+    return out.define(cross_entropy_forward, cross_entropy_backward)

@@ -187,3 +187,16 @@ def test_actors_stopped_after_an_error_and_a_keyboard_interrupt(ray_local, rows,
     assert len(log.read_text().splitlines()) < 100
     assert len(running) == 3 and mgdist_actors() == []  # two workers and the server, then none
     assert ray.is_initialized()  # the caller's Ray session is left running
+
+
+def test_a_node_with_other_versions_is_named():
+    from mgdist.fleet import _check_versions
+    from mgdist.worker import ShardInfo, versions
+    here = dict(versions())
+    same = ShardInfo(10, 9, 1, 4, "node-a", "x86_64", "id-a", 1, versions())
+    odd = ShardInfo(10, 9, 1, 4, "node-b", "aarch64", "id-b", 2,
+                    (("Python", here["Python"]), ("Ray", "2.59.0"), ("mgdist", here["mgdist"])))
+    _check_versions([same])
+    with pytest.raises(mgdist.TrainingError, match=rf"^node node-b \(aarch64\) runs Ray 2.59.0 where the driver runs "
+                                                   rf"Ray {here['Ray']}: every node of a run needs the same versions$"):
+        _check_versions([same, odd])

@@ -9,7 +9,7 @@ import pytest
 from gradcheck import float64  # noqa: F401 (a fixture)
 from gradcheck import assert_grads_match, assert_graph_dtype, check_grads, torch_grads
 from micrograd import Value
-from micrograd.losses import mse, pinball
+from micrograd.losses import cross_entropy, mse, pinball
 from micrograd.nn import ACTIVATIONS, MLP, Linear, flatten
 
 LEVELS = [0.1, 0.5, 0.9]
@@ -35,6 +35,43 @@ def model_and_graph(loss_fn=pinball, target_shape=(None,), activation="tanh"):
 
 def apply_loss(loss_fn, pred: Value, y) -> Value:
     return pinball(pred, y, LEVELS) if loss_fn is pinball else loss_fn(pred, y)
+
+
+# ---- cross-entropy ----
+
+def test_cross_entropy_by_hand():
+    logits = Value([[0.0, 0.0], [np.log(3.0), 0.0]])
+    loss = cross_entropy(logits, constant([1.0, 0.0]))  # p(label): 1/2 and 3/4
+    assert loss.data == pytest.approx((np.log(2) + np.log(4 / 3)) / 2, rel=1e-6)
+    loss.backward()
+    np.testing.assert_allclose(logits.grad, np.array([[0.5, -0.5], [-0.25, 0.25]]) / 2, rtol=1e-6)
+
+
+@pytest.mark.usefixtures("float64")
+@pytest.mark.parametrize("classes", [2, 5])
+def test_cross_entropy_gradient(classes):
+    rng = np.random.default_rng(8)
+    logits = Value(rng.standard_normal((7, classes)) * 3)
+    labels = rng.integers(0, classes, 7).astype(np.float64)
+    out = check_grads(lambda z: cross_entropy(z, constant(labels)), logits)
+    z = logits.data
+    log_softmax = z - np.log(np.exp(z).sum(axis=1, keepdims=True))  # the textbook formula, fine at this scale
+    np.testing.assert_allclose(out.data, -log_softmax[np.arange(7), labels.astype(int)].mean(), rtol=1e-12)
+
+
+def test_cross_entropy_is_stable_for_huge_logits():
+    logits = Value([[1000.0, 0.0, -1000.0], [-1000.0, 1000.0, 0.0]])
+    loss = cross_entropy(logits, constant([0.0, 2.0]))
+    assert loss.data == pytest.approx(1000 / 2, rel=1e-6)  # row 1: log(e^1000 + ...) - 0 = 1000
+    loss.backward()
+    assert np.isfinite(logits.grad).all()
+    np.testing.assert_allclose(logits.grad, np.array([[0, 0, 0], [0, 1, -1]]) / 2, atol=1e-6)
+
+
+@pytest.mark.parametrize("labels, bad", [([0.0, 3.0], "3.0"), ([0.5, 1.0], "0.5"), ([-1.0, 0.0], "-1.0")])
+def test_cross_entropy_rejects_labels_that_are_no_class(labels, bad):
+    with pytest.raises(ValueError, match=rf"labels must be integers in \[0, 3\), got {bad}"):
+        cross_entropy(Value(np.zeros((2, 3))), constant(labels))
 
 
 # ---- pinball ----

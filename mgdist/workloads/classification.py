@@ -1,8 +1,8 @@
 """Classification: an MLP from features to class probabilities, softmax cross-entropy.
 
 Two classes: one logit, the loss softplus(z) - y z (binary cross-entropy on the logit, stable
-for any z), the prediction P(class 1). More: one logit per class, cross-entropy over
-log_softmax, the prediction every class's probability. Labels are the target column's
+for any z), the prediction P(class 1). More: one logit per class, softmax cross-entropy
+(micrograd.losses.cross_entropy), the prediction every class's probability. Labels are the target column's
 values 0, 1, ..., classes - 1. Written with the public model contract only (docs/models.md);
 on mgdist's synthetic data with class thresholds the true class probabilities are known,
 so the figures include the Bayes rate and the true model's log loss.
@@ -40,7 +40,8 @@ class Classifier:
             self.outputs = ["p1"]
         else:
             self.loss = cross_entropy(logits, y)
-            self.prediction = logits.log_softmax(axis=1).exp()
+            e = (logits - logits.max(axis=1, keepdims=True)).exp()  # softmax, its largest exponent 0
+            self.prediction = e / e.sum(axis=1, keepdims=True)
             self.outputs = [f"p{k}" for k in range(classes)]
 
     def parameters(self) -> list[Value]:
