@@ -108,8 +108,10 @@ def test_checkpoint_of_another_model_optimizer_or_dataset(ray_address, good, sav
     other_model = [*SMALL, "--hidden", "16"]  # the later --hidden wins
     line = one_error_line(run_job("--data", str(good[0]), "--checkpoint-dir", str(saved), "--resume",
                                   "--address", ray_address, *other_model))
-    assert line.startswith(f"error: checkpoint step 6 in {saved} is for model {{'layers': [6, 8, 3]")
-    assert "not this run's {'layers': [6, 16, 3]" in line
+    assert line.startswith(f"error: checkpoint step 6 in {saved} is for model {{'class': "
+                           "'mgdist.workloads.quantile:QuantileMLP', 'args': {'levels': [0.1, 0.5, 0.9], 'hidden': [8]")
+    assert "not this run's {'class': 'mgdist.workloads.quantile:QuantileMLP', 'args': {'levels': [0.1, 0.5, 0.9], " \
+        "'hidden': [16]" in line
     line = one_error_line(run_job("--data", str(good[0]), "--checkpoint-dir", str(saved), "--resume",
                                   "--address", ray_address, *SMALL, "--optimizer", "sgd"))
     assert line == f"error: checkpoint step 6 in {saved} does not fit --optimizer sgd: optimizer state keys " \

@@ -127,7 +127,7 @@ def assert_same_as_reference(params: np.ndarray, reference: np.ndarray) -> None:
 def test_worker_killed_mid_run_is_replaced_and_its_steps_recomputed(ray_address, dataset, reference, tmp_path, how):
     run = Driver(tmp_path, job_args(dataset, tmp_path / "ckpt", "--address", ray_address))
     worker = run.wait_until(lambda: run.actors("worker").get(1), "worker 1")
-    pid = ray.get(worker.ready.remote())["pid"]
+    pid = ray.get(worker.ready.remote()).pid
     killed_after = run.wait_until(lambda: run.step() >= 30 and run.step(), "step 30")
     if how == "ray.kill":
         ray.kill(worker, no_restart=False)
@@ -148,7 +148,7 @@ def test_hung_worker_is_found_within_step_timeout_and_replaced(ray_address, data
     args[args.index("--log-every") + 1] = "40"  # the server runs 40 steps per call: 120 s of step timeouts
     run = Driver(tmp_path, args)
     worker = run.wait_until(lambda: run.actors("worker").get(1), "worker 1")
-    pid = ray.get(worker.ready.remote())["pid"]
+    pid = ray.get(worker.ready.remote()).pid
     run.wait_until(lambda: run.step() >= 30, "step 30")
     os.kill(pid, signal.SIGSTOP)
     frozen = time.monotonic()
