@@ -43,7 +43,7 @@ class TrainResult:
         return self.trained.predict(X)
 
 
-def _next_stop(step: int, total: int, config: Config) -> int:
+def _next_stop(step: int, total: int, config: TrainConfig) -> int:
     """The next step at which to log or checkpoint."""
     every = [config.log_every] + ([config.checkpoint_every] if config.checkpoint_dir and config.checkpoint_every else [])
     return min([total] + [(step // n + 1) * n for n in every])

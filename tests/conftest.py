@@ -1,7 +1,8 @@
-"""Shared fixtures. S3: a real SeaweedFS server on 127.0.0.1 for the whole session."""
+"""Shared fixtures. S3: a real SeaweedFS server on 127.0.0.1 for the whole session; a local Ray per module."""
 import os
 
 import pytest
+import ray
 import s3fs
 
 import s3server
@@ -27,3 +28,11 @@ def s3_env(s3, monkeypatch) -> s3server.S3Server:
     s3fs.S3FileSystem.clear_instance_cache()
     yield s3
     s3fs.S3FileSystem.clear_instance_cache()
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """A local Ray of 2 CPUs for one test module (started here, so no other module's Ray is reused)."""
+    ray.init(address="local", num_cpus=2, object_store_memory=200 * 2**20, include_dashboard=False)
+    yield
+    ray.shutdown()

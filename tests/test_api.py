@@ -61,13 +61,6 @@ def rows(tmp_path_factory) -> str:
     return str(root)
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    ray.init(address="local", num_cpus=2, object_store_memory=200 * 2**20, include_dashboard=False)
-    yield
-    ray.shutdown()
-
-
 def gradient_descent(data: str, steps: int, lr: float) -> np.ndarray:
     """The reference: plain full-batch gradient descent on every row, p <- p - lr * mean gradient."""
     table = pq.read_table(data)

@@ -1,7 +1,6 @@
 """Distributed training on a real local Ray: k workers equal one process on the same global batches."""
 import numpy as np
 import pytest
-import ray
 
 from micrograd.nn import flatten
 from micrograd.optim import Optimizer
@@ -16,13 +15,6 @@ from mgdist.trainer import run
 from mgdist.worker import epoch_order, split_rows
 from mgdist.workloads import synthetic
 from mgdist.workloads.quantile import QuantileMLP
-
-
-@pytest.fixture(scope="module")
-def ray_local():
-    ray.init(address="local", num_cpus=2, object_store_memory=200 * 2**20, include_dashboard=False)
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")

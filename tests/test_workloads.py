@@ -6,7 +6,6 @@ rate and the true class probabilities' log loss, for quantiles the true quantile
 """
 import numpy as np
 import pytest
-import ray
 
 import mgdist
 from mgdist.workloads import synthetic
@@ -15,13 +14,6 @@ from mgdist.workloads.quantile import QuantileMLP, default_dataset
 from mgdist.workloads.regression import Regressor
 
 COMMON = dict(workers=2, batch_size=4096, epochs=12, lr=0.01, log_every=1000, val_fraction=0.2, features="f*")
-
-
-@pytest.fixture(scope="module")
-def ray_local():
-    ray.init(address="local", num_cpus=2, object_store_memory=200 * 2**20, include_dashboard=False)
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")
