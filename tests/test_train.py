@@ -3,13 +3,13 @@ import numpy as np
 import pytest
 import ray
 
-from micrograd.optim import Optimizer
 from mgdist import checkpoint, data, synthetic
 from mgdist.config import Config
-from mgdist.server import TrainingError, make_optimizer
-from mgdist.fleet import Fleet, split_batch
+from mgdist.server import TrainingError
+from mgdist.fleet import Fleet
 from mgdist.trainer import train
-from mgdist.worker import build_model, epoch_order, split_rows
+from mgdist.worker import build_model
+from reference import single_process_params
 
 
 @pytest.fixture(scope="module")
@@ -35,35 +35,24 @@ def small_config(data_path: str, tmp_path, **kw) -> Config:
     return Config(**base | kw)
 
 
-def single_process_params(config: Config, workers: int, shards: list | None = None) -> np.ndarray:
-    """Replay the same global batches in one process: union of every worker's rows each step."""
-    ds = data.discover(config.data)
-    shards = shards or data.plan_shards(ds.group_rows, workers)
-    loaded = [data.load_shard(ds, s) for s in shards]
-    trains = [split_rows(len(X), config.val_fraction, config.seed, r)[0] for r, (X, _) in enumerate(loaded)]
-    batches = split_batch(config.batch_size, [len(t) for t in trains])
-    per_epoch = min(len(t) // b for t, b in zip(trains, batches))
-    model = build_model(config, len(ds.features))
-    opt: Optimizer = make_optimizer(config, model.params.size, config.steps)
-    for step in range(config.steps):
-        epoch, i = divmod(step, per_epoch)
-        rows = [epoch_order(t, config.seed, r, epoch)[i * b:(i + 1) * b] for r, (t, b) in enumerate(zip(trains, batches))]
-        X = np.concatenate([loaded[r][0][rw] for r, rw in enumerate(rows)])
-        y = np.concatenate([loaded[r][1][rw] for r, rw in enumerate(rows)])
-        model.loss.forward(X=X, y=y)
-        model.loss.backward()
-        opt.step(model.params, model.grads)
-    return model.params
+# uneven_data's row groups are 1000, 1000, 1000, 700, 700, 700 rows: the cut nearest to half
+# (2550) is after 3000 rows; the cuts nearest to thirds (1700, 3400) are after 2000 and 3700.
+SHARDS = {2: [[0, 1, 2], [3, 4, 5]], 3: [[0, 1], [2, 3], [4, 5]]}
 
 
-@pytest.mark.parametrize("workers", [2, 3])
-def test_k_workers_equal_one_process(ray_local, uneven_data, tmp_path, workers):
-    config = small_config(uneven_data, tmp_path, workers=workers, cpus_per_worker=2 / workers, steps=14)  # > 1 epoch
+@pytest.mark.parametrize("workers, optimizer", [(2, "adam"), (3, "adam"), (2, "sgd")])
+def test_k_workers_equal_one_process(ray_local, uneven_data, tmp_path, workers, optimizer):
+    """Adam ignores a constant scale of the gradient; SGD with a constant lr does not, so an average
+    taken over workers instead of rows (or not taken) fails here."""
+    sgd = dict(optimizer="sgd", lr=0.2, schedule="constant") if optimizer == "sgd" else {}
+    config = small_config(uneven_data, tmp_path, workers=workers, cpus_per_worker=2 / workers, steps=14, **sgd)  # > 1 epoch
     summary = train(config)
     arrays, manifest = checkpoint.load(config.checkpoint_dir, config.steps)
     assert manifest["data_order"]["workers"] == workers
+    assert manifest["data_order"]["shards"] == SHARDS[workers]
     assert len(set(manifest["data_order"]["batches"])) > 1  # uneven shards, weighted averaging
-    expected = single_process_params(config, workers)
+    expected = single_process_params(config, SHARDS[workers])
+    assert np.abs(expected - build_model(config, 6).params).max() > 1e-2  # training moved the weights
     np.testing.assert_allclose(arrays["params"], expected, rtol=1e-3, atol=5e-4)  # Adam amplifies float32 rounding of tiny gradients
     assert summary["steps"] == config.steps and summary["workers"] == workers
     assert summary["failures_survived"] == 0
@@ -106,7 +95,7 @@ def test_speed_balance_evens_out_a_slow_worker(ray_local, tmp_path_factory, tmp_
     arrays, manifest = checkpoint.load(config.checkpoint_dir, config.steps)
     shards = manifest["data_order"]["shards"]
     assert len(shards[0]) < len(shards[1])  # the slow worker got the smaller shard
-    np.testing.assert_allclose(arrays["params"], single_process_params(config, 2, shards), rtol=1e-3, atol=5e-4)  # Adam amplifies float32 rounding of tiny gradients
+    np.testing.assert_allclose(arrays["params"], single_process_params(config, shards), rtol=1e-3, atol=5e-4)  # Adam amplifies float32 rounding of tiny gradients
 
 
 def test_grad_sum_in_micro_batches_equals_one_pass():
