@@ -115,17 +115,17 @@ def _loss_curve(metrics_log: str) -> tuple[list[int], list[float]]:
     return sorted(points), [points[s] for s in sorted(points)]
 
 
-def plot(out: str, metrics: dict, fan: tuple[np.ndarray, np.ndarray], metrics_log: str | None) -> list[str]:
-    """Write loss.png (given a metrics log), calibration.png and fan.png under `out`; return their names.
-    Raises ImportError without matplotlib."""
+def plot(out: str, metrics: dict, fan: tuple[np.ndarray, np.ndarray], metrics_log: str | None) -> dict:
+    """Write loss.png (given a metrics log), calibration.png and fan.png under `out`; return
+    {name: matplotlib Figure} of those written. Raises ImportError without matplotlib."""
     from matplotlib.figure import Figure  # Figure.savefig renders PNGs with Agg, no pyplot or display needed
 
-    model, oracle, written = metrics["model"], metrics["oracle"], []
+    model, oracle, written = metrics["model"], metrics["oracle"], {}
     levels = [float(q) for q in model["coverage"]]
 
     def save(fig: Figure, name: str) -> None:
         fig.savefig(os.path.join(out, name), dpi=100)
-        written.append(name)
+        written[name] = fig
 
     if metrics_log:
         steps, losses = _loss_curve(metrics_log)
