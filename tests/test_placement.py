@@ -1,13 +1,16 @@
 """Several Ray nodes on one machine, labelled by architecture: workers land where asked."""
+import numpy as np
 import pytest
 import ray
+from ray._private.state import actors as actor_table  # every actor of the cluster, ended ones too
 from ray.cluster_utils import Cluster
 
-from mgdist import data, synthetic
+from mgdist import checkpoint, data, synthetic
 from mgdist.config import Config
 from mgdist.server import TrainingError
 from mgdist.fleet import Fleet
 from mgdist.trainer import train
+from reference import single_process_params
 
 MB = 2**20
 
@@ -47,6 +50,17 @@ def test_unsatisfiable_request_fails_clearly(cluster, small_data):
         Fleet(config(small_data, arch_workers={"aarch64": 2}, workers=2, placement_timeout=2), data.discover(small_data))
 
 
-def test_training_across_labelled_nodes(cluster, small_data):
-    summary = train(config(small_data, arch_workers={"x86_64": 1, "aarch64": 1}, workers=2))
+def test_training_across_labelled_nodes(cluster, small_data, tmp_path):
+    """Each worker ran on the node of its architecture (ranks in sorted order of architecture: aarch64
+    first), and together they produced the weights of one process on the same batches."""
+    before = set(actor_table())
+    run = config(small_data, arch_workers={"x86_64": 1, "aarch64": 1}, workers=2, checkpoint_dir=str(tmp_path / "ckpt"))
+    summary = train(run)
     assert summary["workers"] == 2 and summary["steps"] == 20
+    ran_on = {int(a["Name"].split("-")[2]): a["Address"]["NodeID"] for key, a in actor_table().items()
+              if key not in before and a["Name"].startswith("mgdist-worker-")}
+    assert ran_on == {0: cluster["aarch64"], 1: cluster["x86_64"]}
+    arrays, manifest = checkpoint.load(run.checkpoint_dir, 20)
+    assert manifest["data_order"]["shards"] == [[0, 1, 2, 3], [4, 5, 6, 7]]  # 8 row groups of 500
+    np.testing.assert_allclose(arrays["params"], single_process_params(run, [[0, 1, 2, 3], [4, 5, 6, 7]]),
+                               rtol=1e-3, atol=5e-4)
