@@ -83,19 +83,29 @@ def test_fleet_rejects_what_no_node_offers(ray_local, uneven_data, tmp_path):
         Fleet(small_config(uneven_data, tmp_path, workers=4, cpus_per_worker=2, placement_timeout=0), ds)
 
 
-def test_speed_balance_evens_out_a_slow_worker(ray_local, tmp_path_factory, tmp_path):
+def test_speed_balance_gives_a_slow_worker_a_smaller_shard(ray_local, tmp_path_factory, tmp_path):
+    """The step time this buys is measured in bench/balance.py, not asserted here."""
     path = str(tmp_path_factory.mktemp("balance") / "data")
     synthetic.write(path, rows=48000, features=16, files=4, row_group_rows=1000, progress=False)
-    common = dict(hidden=(128,), batch_size=16000, steps=20, slowdown=(8.0,), val_fraction=0.0, log_every=20)
-    equal = train(small_config(path, tmp_path / "equal", **common))
-    config = small_config(path, tmp_path / "speed", balance="speed", **common)
-    fast = train(config)
-    step_time = {name: config.batch_size / s["rows_per_s"] for name, s in (("equal", equal), ("speed", fast))}
-    assert step_time["speed"] <= 0.75 * step_time["equal"], step_time
+    config = small_config(path, tmp_path / "speed", balance="speed", hidden=(128,), batch_size=16000, steps=20,
+                          slowdown=(8.0,), val_fraction=0.0, log_every=20)
+    train(config)
     arrays, manifest = checkpoint.load(config.checkpoint_dir, config.steps)
     shards = manifest["data_order"]["shards"]
     assert len(shards[0]) < len(shards[1])  # the slow worker got the smaller shard
     np.testing.assert_allclose(arrays["params"], single_process_params(config, shards), rtol=1e-3, atol=5e-4)  # Adam amplifies float32 rounding of tiny gradients
+
+
+def test_quality_within_three_percent_of_the_oracle(ray_local, tmp_path_factory, tmp_path):
+    """Issue 4's bar: validation pinball loss within 3% of the true quantiles' on the same rows, every
+    level's coverage within 2 points. A model that ignores the features scores ~1.44x the oracle."""
+    path = str(tmp_path_factory.mktemp("quality") / "data")
+    synthetic.write(path, rows=40000, features=6, files=2, row_group_rows=5000, seed=5, progress=False)
+    summary = train(small_config(path, tmp_path, hidden=(64,), batch_size=2048, steps=400, lr=0.02, warmup_steps=20,
+                                 seed=1, log_every=100))
+    assert summary["val_loss"] < 1.03 * summary["oracle_loss"], summary
+    for level, share in summary["coverage"].items():
+        assert abs(share - float(level)) < 0.02, summary["coverage"]
 
 
 def test_grad_sum_in_micro_batches_equals_one_pass():
