@@ -6,8 +6,13 @@ directory and reads the directory as another process would. Deterministic: no ki
 inside a write.
 """
 import json
+import os
 import subprocess
 import sys
+
+import mgdist
+
+HERE = os.path.dirname(os.path.dirname(mgdist.__file__))  # the child imports the mgdist this test imported
 
 SAVE_WATCHED = r"""
 import json, os, re, sys
@@ -64,7 +69,7 @@ print(json.dumps(report))
 
 def test_a_save_shows_readers_the_old_checkpoint_or_the_whole_new_one(tmp_path):
     done = subprocess.run([sys.executable, "-c", SAVE_WATCHED, str(tmp_path / "ck")], capture_output=True, text=True,
-                          timeout=120)
+                          timeout=120, env=os.environ | {"PYTHONPATH": HERE})
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout.splitlines()[-1])
     assert report["errors"] == []
