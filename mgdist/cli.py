@@ -12,7 +12,7 @@ from typing import Callable
 
 from mgdist.config import TrainConfig
 from mgdist.data import Storage
-from mgdist.errors import MgdistError
+from mgdist.errors import MgdistError, TrainingError
 from mgdist.model import ModelSpec
 
 
@@ -68,12 +68,17 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    "plots (matplotlib) in this local dir, as `mgdist evaluate` does")
 
 
-def config_from(args: argparse.Namespace) -> TrainConfig:
-    """The TrainConfig of parsed add_train_arguments() options (other options are ignored)."""
+def config_from(args: argparse.Namespace, parser: argparse.ArgumentParser) -> TrainConfig:
+    """The TrainConfig of parsed add_train_arguments() options (other options are ignored); settings
+    that cannot work are the parser's error (exit 2)."""
     fields = TrainConfig.__dataclass_fields__
     config = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
     if config.arch_workers:
         config.workers = sum(config.arch_workers.values())
+    try:
+        config.check()
+    except TrainingError as e:
+        parser.error(str(e))
     return config
 
 
@@ -101,7 +106,7 @@ def run_train(spec: Callable[[], ModelSpec], config: TrainConfig) -> int:
 def _train(args: argparse.Namespace) -> int:
     if "" not in sys.path:  # a model in the caller's own code (its --working-dir on a cluster)
         sys.path.insert(0, "")
-    return run_train(lambda: ModelSpec.from_path(args.model, args.model_args), config_from(args))
+    return run_train(lambda: ModelSpec.from_path(args.model, args.model_args), args.config)
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -193,5 +198,8 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    top = parser()
+    args = top.parse_args(argv)
+    if args.command == "train":
+        args.config = config_from(args, top)
     return args.run(args)

@@ -64,8 +64,6 @@ class TrainConfig:
             raise TrainingError(f"need at least 1 worker and batch size >= workers, got {workers}, {self.batch_size}")
         if not 0 <= self.val_fraction < 1:
             raise TrainingError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
-        if self.data is None:
-            raise TrainingError("no data: give a Parquet dataset (dir, file, glob, file:// or s3://)")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -93,9 +93,9 @@ def loss_curve(metrics_log: str) -> tuple[list[int], list[float]]:
     return sorted(points), [points[s] for s in sorted(points)]
 
 
-def plot_loss(out: str, metrics_log: str, final_loss: float, oracle_loss: float | None = None) -> str:
+def plot_loss(out: str, metrics_log: str, final_loss: float, oracle_loss: float | None = None):
     """loss.png under `out`: the training loss of a --metrics log, the final model's on the scored data,
-    and the best possible (the oracle's), if known."""
+    and the best possible (the oracle's), if known. Returns the matplotlib Figure."""
     from matplotlib.figure import Figure  # Figure.savefig renders PNGs with Agg, no pyplot or display needed
     steps, losses = loss_curve(metrics_log)
     fig = Figure(figsize=(8, 4.5), layout="constrained")
@@ -107,7 +107,7 @@ def plot_loss(out: str, metrics_log: str, final_loss: float, oracle_loss: float 
     ax.set(xlabel="step", ylabel="mean loss", title="Training loss")
     ax.legend()
     fig.savefig(os.path.join(out, "loss.png"), dpi=100)
-    return "loss.png"
+    return fig
 
 
 def write_report(trained: Trained, ds: Dataset, out: str, metrics_log: str | None = None,
@@ -124,7 +124,10 @@ def write_report(trained: Trained, ds: Dataset, out: str, metrics_log: str | Non
         print(f"report: no loss curve: {why}", file=sys.stderr)
         metrics_log = None
     try:
-        plots = [plot_loss(out, metrics_log, figures["loss"], figures.get("oracle_loss"))] if metrics_log else []
+        plots = []
+        if metrics_log:
+            plot_loss(out, metrics_log, figures["loss"], figures.get("oracle_loss"))
+            plots.append("loss.png")
         plots += metrics.plot(out) if callable(getattr(metrics, "plot", None)) else []
     except ImportError:
         print("report: no plots: matplotlib is not installed (pip install -e '.[plot]')", file=sys.stderr)

@@ -100,6 +100,8 @@ def run(spec: ModelSpec, config: TrainConfig) -> TrainResult:
     Every actor it started is stopped when it returns, fails or is interrupted."""
     t_start = time.perf_counter()
     config.check()
+    if config.data is None:
+        raise TrainingError("no data: give a Parquet dataset (dir, file, glob, file:// or s3://)")
     if not ray.is_initialized():
         ray.init(address=config.address)
     ds = data.discover(config.data, config.features, config.target, config.storage)

@@ -1,11 +1,19 @@
-"""Shared fixtures. S3: a real SeaweedFS server on 127.0.0.1 for the whole session; a local Ray per module."""
+"""Shared fixtures and settings. S3: a real SeaweedFS server on 127.0.0.1 for the whole session;
+a local Ray per module. Hypothesis: the "ci" profile (chosen when CI is set, or with
+--hypothesis-profile=ci) draws the same examples on every run and prints a failing example's
+reproduction blob."""
 import os
 
 import pytest
 import ray
 import s3fs
+from hypothesis import settings
 
 import s3server
+
+settings.register_profile("ci", derandomize=True, print_blob=True, deadline=None)
+settings.register_profile("dev", print_blob=True, deadline=None)
+settings.load_profile("ci" if os.environ.get("CI") else "dev")
 
 
 @pytest.fixture(scope="session")

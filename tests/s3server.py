@@ -49,8 +49,25 @@ def _free_ports(n: int) -> list[int]:
     return ports
 
 
-def start(workdir: Path, timeout: float = 60.0) -> S3Server:
-    """Start a server storing its data under `workdir`, with one bucket; wait until it takes a PUT."""
+def start(workdir: Path, timeout: float = 60.0, attempts: int = 3) -> S3Server:
+    """Start a server storing its data under `workdir`, with one bucket; wait until it takes a PUT.
+
+    `weed mini` takes its ports as numbers (0 is not "any"), so they are found free first and
+    another process may take one before it binds: then it exits, and it starts again on new ones.
+    """
+    for attempt in range(attempts):
+        try:
+            return _start(workdir, timeout)
+        except ExitedEarly:
+            if attempt == attempts - 1:
+                raise
+
+
+class ExitedEarly(RuntimeError):
+    """The server exited while starting (e.g. a port it was given was taken meanwhile)."""
+
+
+def _start(workdir: Path, timeout: float) -> S3Server:
     import s3fs
     workdir.mkdir(parents=True, exist_ok=True)
     config = workdir / "identities.json"
@@ -60,7 +77,7 @@ def start(workdir: Path, timeout: float = 60.0) -> S3Server:
     ports = _free_ports(2 * len(components))
     port_flags = [f"-{c}.port={p}" for c, p in zip(components, ports)]
     port_flags += [f"-{c}.port.grpc={p}" for c, p in zip(components, ports[len(components):])]
-    with open(workdir / "weed.log", "wb") as log:
+    with open(workdir / "weed.log", "ab") as log:
         process = subprocess.Popen(
             [_weed(), "mini", f"-dir={workdir / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
              "-admin.ui=false", "-webdav=false", "-master.telemetry=false", "-s3.port.iceberg=0",
@@ -74,7 +91,9 @@ def start(workdir: Path, timeout: float = 60.0) -> S3Server:
             fs.pipe(f"{BUCKET}/.ready", b"")
             return server
         except Exception as e:  # not up yet: connection refused, no volume yet, ...
-            if process.poll() is not None or time.monotonic() > deadline:
+            if process.poll() is not None:
+                raise ExitedEarly(f"S3 server exited while starting ({e}); see {workdir / 'weed.log'}") from e
+            if time.monotonic() > deadline:
                 stop(server)
                 raise RuntimeError(f"S3 server did not start ({e}); see {workdir / 'weed.log'}") from e
             time.sleep(0.2)

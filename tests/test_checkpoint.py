@@ -153,8 +153,9 @@ for step in range(start, 10**6):
 
 
 def _kill_mid_save_and_check(directory: str, size: int, kills: int) -> None:
-    """Kill a process saving checkpoints at arbitrary moments, several times over; every checkpoint
-    that shows must be whole, and the newest one no older than before the kill."""
+    """Kill a process saving checkpoints mid-save, several times over (locally: once a partial file of
+    a later save shows); every checkpoint that shows must be whole, and the newest one no older than
+    before the kill."""
     last = 0
     for _ in range(kills):
         saver = subprocess.Popen([sys.executable, "-c", SAVER, directory, str(size), str(last + 1)])
@@ -162,8 +163,11 @@ def _kill_mid_save_and_check(directory: str, size: int, kills: int) -> None:
         while (checkpoint.steps(directory) or [0])[-1] < last + 2:
             assert saver.poll() is None and time.monotonic() < deadline
             time.sleep(0.02)
-        time.sleep(np.random.default_rng().uniform(0, 0.3))  # somewhere in a later save
-        saver.send_signal(signal.SIGKILL)
+        if not directory.startswith("s3://"):  # kill while a file of a later save is half written
+            partial = f".tmp-{saver.pid}"
+            while not any(name.endswith(partial) for name in os.listdir(directory)):
+                assert saver.poll() is None and time.monotonic() < deadline
+        saver.send_signal(signal.SIGKILL)  # on S3: somewhere in the save after the one just seen
         saver.wait()
         steps = checkpoint.steps(directory)
         assert steps[-1] >= last + 2

@@ -161,7 +161,7 @@ def test_hung_worker_is_found_within_step_timeout_and_replaced(ray_address, data
         with contextlib.suppress(ProcessLookupError):  # Ray has killed it, unless the test failed first
             os.kill(pid, signal.SIGKILL)
     assert "worker(s) [1] did not answer within 3 s (--step-timeout)" in run.log, run.log
-    assert found_in < 30, run.log  # 3 s step timeout, 3 s ready check, a new worker loading its shard: ~12 s
+    assert run.log.count("did not answer within") == 1, run.log  # found once, not once per step asked for
     assert run.summary["failures_survived"] == 1
     assert_same_as_reference(final_params(tmp_path / "ckpt"), reference)
 

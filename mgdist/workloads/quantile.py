@@ -85,7 +85,9 @@ class QuantileMetrics:
     def plot(self, out: str) -> list[str]:
         """calibration.png and fan.png under `out`; their names. ImportError without matplotlib."""
         from mgdist.workloads.quantile_plots import calibration, fan
-        return [calibration(out, self.levels, self.summary()), fan(out, self.levels, *self.fan)]
+        calibration(out, self.levels, self.summary())
+        fan(out, self.levels, *self.fan)
+        return ["calibration.png", "fan.png"]
 
 
 def default_dataset() -> str:
@@ -104,8 +106,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The model's options, for jobs/quantile.py."""
     group = parser.add_argument_group("quantile model")
     group.add_argument("--quantiles", type=_levels, default=(0.1, 0.5, 0.9), help="e.g. 0.1,0.5,0.9")
-    group.add_argument("--hidden", type=lambda s: tuple(int(x) for x in s.split(",") if x), default=(64, 64),
-                       help="hidden layer widths, e.g. 64,64 or 128")
+    group.add_argument("--hidden", type=_widths, default=(64, 64), help="hidden layer widths, e.g. 64,64 or 128")
     group.add_argument("--activation", choices=["tanh", "relu", "sigmoid", "softplus"], default="tanh")
     group.add_argument("--non-crossing", action="store_true", help="quantiles that never cross")
 
@@ -124,7 +125,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[ModelSpec, TrainConfig]:
     add_arguments(p)
     p.set_defaults(data=None)
     args = p.parse_args(argv)
-    config = config_from(args)
+    config = config_from(args, p)
     return ModelSpec(QuantileMLP, model_args(args)), config
 
 
@@ -142,6 +143,10 @@ def check_levels(levels: Sequence[float]) -> tuple[float, ...]:
     if not levels or any(not 0 < q < 1 for q in levels) or list(levels) != sorted(set(levels)):
         raise ValueError(f"quantiles must be increasing, each in (0, 1): {list(levels)}")
     return levels
+
+
+def _widths(s: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in s.split(",") if x)
 
 
 def _levels(s: str) -> tuple[float, ...]:

@@ -10,7 +10,7 @@ from matplotlib.figure import Figure  # Figure.savefig renders PNGs with Agg, no
 from mgdist.workloads.quantile import symmetric_pairs
 
 
-def calibration(out: str, levels: Sequence[float], figures: dict) -> str:
+def calibration(out: str, levels: Sequence[float], figures: dict) -> Figure:
     """calibration.png under `out`: coverage per level (and the true quantiles' on synthetic data)."""
     levels = list(levels)
     fig = Figure(figsize=(5.5, 5.5), layout="constrained")
@@ -26,7 +26,7 @@ def calibration(out: str, levels: Sequence[float], figures: dict) -> str:
            title="Calibration")
     ax.legend(loc="upper left")
     fig.savefig(os.path.join(out, "calibration.png"), dpi=100)
-    return "calibration.png"
+    return fig
 
 
 def _nominal(interval: str) -> float:
@@ -34,7 +34,7 @@ def _nominal(interval: str) -> float:
     return hi - lo
 
 
-def fan(out: str, levels: Sequence[float], y: np.ndarray, pred: np.ndarray) -> str:
+def fan(out: str, levels: Sequence[float], y: np.ndarray, pred: np.ndarray) -> Figure:
     """fan.png under `out`: predicted quantiles of some rows, sorted by the middle level, around their targets."""
     levels = list(levels)
     mid = len(levels) // 2
@@ -54,4 +54,4 @@ def fan(out: str, levels: Sequence[float], y: np.ndarray, pred: np.ndarray) -> s
            title=f"Predicted quantiles of the first {len(y)} rows")
     ax.legend(loc="upper left", fontsize=8)
     fig.savefig(os.path.join(out, "fan.png"), dpi=100)
-    return "fan.png"
+    return fig
