@@ -85,3 +85,51 @@ def test_job_submit_trains_and_reports(ray_head, tmp_path):
     assert result["steps"] == 400 and result["workers"] == 2
     assert result["val_loss"] < 1.03 * result["oracle_loss"], result  # issue 4's bar
     assert all(abs(share - float(q)) < 0.02 for q, share in result["coverage"].items()), result["coverage"]
+
+
+FORECASTER = '''
+from micrograd import Value
+from micrograd.losses import mse
+from micrograd.nn import MLP
+
+
+class Forecaster:
+    """A user's model, in the user's working directory only."""
+
+    def __init__(self, features, hidden=(16,)):
+        self.net = MLP(features, hidden, 1, "tanh", 0)
+        X, y = Value.placeholder("X", (None, features)), Value.placeholder("y", (None,))
+        self.prediction = self.net(X)[:, 0]
+        self.loss = mse(self.prediction, y)
+
+    def parameters(self):
+        return self.net.parameters()
+'''
+
+
+def test_job_submit_of_a_model_in_the_working_directory(ray_head, tmp_path):
+    """`ray job submit --working-dir . -- python jobs/train.py --model mymodels:Forecaster`: the model
+    exists only in the submitted directory, and the driver and the workers import it from there."""
+    address, env = ray_head
+    data = tmp_path / "data"
+    synthetic.write(str(data), rows=20000, features=6, files=2, row_group_rows=2500, seed=5, progress=False)
+    work = tmp_path / "work"
+    (work / "jobs").mkdir(parents=True)
+    (work / "mymodels.py").write_text(FORECASTER)
+    shutil.copy(REPO / "jobs/train.py", work / "jobs/train.py")
+    summary = tmp_path / "summary.json"
+    for attempt in range(30):  # the head's job agent needs a few seconds after `ray start`
+        job = subprocess.run(
+            [RAY, "job", "submit", f"--address={address}", f"--working-dir={work}", f"--submission-id=own{attempt}",
+             "--", "python", "jobs/train.py", "--model", "mymodels:Forecaster", "--model-args", '{"hidden": [16]}',
+             "--data", str(data), "--steps", "100", "--batch-size", "1024", "--log-every", "50",
+             "--summary-json", str(summary)], env=env, capture_output=True, text=True, timeout=300)
+        if "No available agent" not in job.stderr:
+            break
+        time.sleep(2)
+    assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
+    assert JobSubmissionClient(address).get_job_status(f"own{attempt}") == JobStatus.SUCCEEDED
+    result = json.loads(summary.read_text())
+    assert result["steps"] == 100 and result["workers"] == 2
+    _, y = synthetic.sample(20000, 6, seed=5)
+    assert result["val_loss"] < 0.9 * float(y.var())  # it learned: better than predicting the mean
