@@ -58,6 +58,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every, help="steps (0: at the end)")
     p.add_argument("--keep-checkpoints", type=int, default=d.keep_checkpoints)
     p.add_argument("--resume", action="store_true", help="continue from the newest valid checkpoint")
+    p.add_argument("--resume-changes", action="store_true", help="resume although the seed, batch size, workers, "
+                   "optimiser or schedule differ from the checkpoint's")
     p.add_argument("--max-failures", type=int, default=d.max_failures, help="worker/server losses survived")
     p.add_argument("--on-nonfinite", choices=["error", "skip"], default=d.on_nonfinite,
                    help="NaN/inf gradient or loss: stop, or skip that step")

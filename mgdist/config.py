@@ -11,6 +11,10 @@ from mgdist.data import Storage
 from mgdist.errors import TrainingError
 
 
+RESUMED = ("seed", "batch_size", "workers", "arch_workers", "balance", "val_fraction", "optimizer", "lr", "schedule",
+           "warmup_steps", "weight_decay")  # a resumed run must keep these, or the runs mix
+
+
 @dataclass
 class TrainConfig:
     """How to train: data, optimiser, schedule, workers, checkpoints, reporting (see --help)."""
@@ -45,6 +49,7 @@ class TrainConfig:
     checkpoint_every: int = 0          # steps; 0: only at the end
     keep_checkpoints: int = 3
     resume: bool = False
+    resume_changes: bool = False       # resume although a setting of the data order or the optimiser changed
     max_failures: int = 3
     on_nonfinite: str = "error"        # NaN/inf gradient or loss: "error" or "skip" the step
     log_every: int = 50
@@ -64,6 +69,24 @@ class TrainConfig:
             raise TrainingError(f"need at least 1 worker and batch size >= workers, got {workers}, {self.batch_size}")
         if not 0 <= self.val_fraction < 1:
             raise TrainingError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        positive = {"log_every": self.log_every, "step_timeout": self.step_timeout, "lr": self.lr,
+                    "epochs": self.epochs, "cpus_per_worker": self.cpus_per_worker,
+                    "placement_timeout": self.placement_timeout, "steps": 1 if self.steps is None else self.steps}
+        at_least_zero = {"checkpoint_every": self.checkpoint_every, "keep_checkpoints": self.keep_checkpoints,
+                         "max_failures": self.max_failures, "warmup_steps": self.warmup_steps,
+                         "weight_decay": self.weight_decay}
+        for name, value in positive.items():
+            if not value > 0:
+                raise TrainingError(f"{name} must be positive, got {value}")
+        for name, value in at_least_zero.items():
+            if not value >= 0:
+                raise TrainingError(f"{name} must be 0 or more, got {value}")
+
+    def changed(self, saved: dict) -> list[tuple[str, object, object]]:
+        """(setting, saved value, this value) of each setting that decides the data order or the
+        optimiser's updates and differs from a saved config's."""
+        return [(name, saved.get(name), getattr(self, name)) for name in RESUMED
+                if saved.get(name) != dataclasses.asdict(self)[name]]
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -13,8 +13,9 @@ from typing import Sequence
 
 from mgdist import checkpoint
 from mgdist.data import Dataset, Storage, discover, load_shard, plan_shards
-from mgdist.errors import CheckpointError, ModelError
+from mgdist.errors import CheckpointError, DataError, ModelError
 from mgdist.model import Metrics, ModelSpec, Trained, loss_sum, make_metrics, predict
+from mgdist.report import write_json
 
 EVAL_ROWS = 1 << 20  # rows loaded and scored at a time
 
@@ -110,15 +111,21 @@ def plot_loss(out: str, metrics_log: str, final_loss: float, oracle_loss: float 
     return fig
 
 
+def check_report_dir(out: str) -> None:
+    """A report goes into a new or empty directory, or over an earlier report; else DataError."""
+    if os.path.isdir(out) and os.listdir(out) and not os.path.exists(os.path.join(out, "metrics.json")):
+        raise DataError(f"{out} holds other files and no earlier report: give a new or empty report directory")
+
+
 def write_report(trained: Trained, ds: Dataset, out: str, metrics_log: str | None = None,
                  nonfinite: str = "error", about: dict | None = None) -> dict:
     """Score `trained` on `ds`; write metrics.json (with `about`, e.g. checkpoint and step) and plots
     to the local directory `out`. Returns the report."""
+    check_report_dir(out)
     figures, metrics = score(trained, ds, nonfinite)
     report = {**(about or {}), "data": ds.uri, "model": trained.spec.path, "rows": figures["rows"], "figures": figures}
     os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "metrics.json"), "w") as f:
-        json.dump(report, f, indent=2)
+    write_json(os.path.join(out, "metrics.json"), report)
     if not (metrics_log and os.path.exists(metrics_log)):
         why = f"{metrics_log} does not exist" if metrics_log else "no training metrics log (--metrics)"
         print(f"report: no loss curve: {why}", file=sys.stderr)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from typing import IO
@@ -25,7 +26,8 @@ class Progress:
         self.stream = stream
         self.bar = tqdm(total=total_steps, initial=start_step, unit="step", file=stream, dynamic_ncols=True) \
             if stream.isatty() else None
-        self.metrics = open(metrics_path, "a") if metrics_path else None
+        # a resumed run continues its log; a new run starts a new one, so that no old steps mix in
+        self.metrics = open(metrics_path, "a" if start_step else "w") if metrics_path else None
 
     def rows_per_s(self, step: int) -> float:
         return (step - self.start) * self.rows_per_step / max(time.perf_counter() - self.t0, 1e-9)
@@ -56,6 +58,17 @@ class Progress:
             self.bar.close()
         if self.metrics:
             self.metrics.close()
+
+
+def write_json(path: str, value) -> None:
+    """Write `value` as JSON to the local file `path` so that a reader sees the old file or the
+    whole new one, never half of it (a temp file, fsync, rename)."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(value, f, indent=2)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def format_summary(summary: dict) -> str:

@@ -9,7 +9,6 @@ and none is applied twice. Nothing here knows the model: it comes as a ModelSpec
 """
 from __future__ import annotations
 
-import json
 import math
 import time
 import uuid
@@ -24,10 +23,10 @@ from micrograd.nn import flatten
 from mgdist import checkpoint, data
 from mgdist.config import TrainConfig
 from mgdist.errors import CheckpointError, TrainingError
-from mgdist.evaluate import write_report
+from mgdist.evaluate import check_report_dir, write_report
 from mgdist.fleet import LOST, Fleet, ray_get, ship_by_value
 from mgdist.model import ModelSpec, Trained
-from mgdist.report import Progress, format_summary
+from mgdist.report import Progress, format_summary, write_json
 from mgdist.server import ParameterServer, ServerState, make_optimizer
 
 
@@ -73,6 +72,12 @@ def _restore(config: TrainConfig, ds: data.Dataset, model: dict, size: int) -> S
         return None
     arrays, manifest = found
     where = f"checkpoint step {manifest['step']} in {config.checkpoint_dir}"
+    changed = config.changed(manifest.get("config", {}))
+    if changed and not config.resume_changes:
+        name, saved, now = changed[0]
+        flag = name.replace("_", "-")
+        raise CheckpointError(f"{where} was trained with --{flag} {saved}, this run has --{flag} {now}: "
+                              "pass --resume-changes to resume with other settings")
     if manifest.get("model") != model:
         raise CheckpointError(f"{where} is for model {manifest.get('model')}, not this run's {model}")
     if manifest.get("dataset") != ds.fingerprint():
@@ -102,6 +107,8 @@ def run(spec: ModelSpec, config: TrainConfig) -> TrainResult:
     config.check()
     if config.data is None:
         raise TrainingError("no data: give a Parquet dataset (dir, file, glob, file:// or s3://)")
+    if config.report:
+        check_report_dir(config.report)  # before training, not after it
     if not ray.is_initialized():
         ray.init(address=config.address)
     ds = data.discover(config.data, config.features, config.target, config.storage)
@@ -122,8 +129,7 @@ def run(spec: ModelSpec, config: TrainConfig) -> TrainResult:
     summary["wall_s"] = time.perf_counter() - t_start
     print(format_summary(summary), flush=True)
     if config.summary_json:
-        with open(config.summary_json, "w") as f:
-            json.dump(summary, f, indent=2)
+        write_json(config.summary_json, summary)
     trained = Trained(spec, features, state.params)
     if config.report:  # the final model scored in this process on all of the training data
         write_report(trained, ds, config.report, config.metrics, config.nonfinite,

@@ -112,8 +112,14 @@ def test_checkpoint_of_another_model_optimizer_or_dataset(ray_address, good, sav
                            "'mgdist.workloads.quantile:QuantileMLP', 'args': {'levels': [0.1, 0.5, 0.9], 'hidden': [8]")
     assert "not this run's {'class': 'mgdist.workloads.quantile:QuantileMLP', 'args': {'levels': [0.1, 0.5, 0.9], " \
         "'hidden': [16]" in line
+    for flag, saved_value, value in [("--optimizer", "adam", "sgd"), ("--lr", "0.01", "0.02"), ("--seed", "1", "2"),
+                                     ("--batch-size", "300", "200"), ("--schedule", "cosine", "linear")]:
+        line = one_error_line(run_job("--data", str(good[0]), "--checkpoint-dir", str(saved), "--resume",
+                                      "--address", ray_address, *SMALL, flag, value))
+        assert line == (f"error: checkpoint step 6 in {saved} was trained with {flag} {saved_value}, this run has "
+                        f"{flag} {value}: pass --resume-changes to resume with other settings")
     line = one_error_line(run_job("--data", str(good[0]), "--checkpoint-dir", str(saved), "--resume",
-                                  "--address", ray_address, *SMALL, "--optimizer", "sgd"))
+                                  "--resume-changes", "--address", ray_address, *SMALL, "--optimizer", "sgd"))
     assert line == f"error: checkpoint step 6 in {saved} does not fit --optimizer sgd: optimizer state keys " \
                    "['m', 'steps', 'v'], want ['steps']"
     synthetic.write(str(tmp_path / "other"), rows=2500, features=6, files=2, row_group_rows=500, seed=1, progress=False)

@@ -29,7 +29,7 @@ def test_every_flag_reaches_its_setting():
                     "--epochs", "2.5", "--steps", "11", "--seed", "4", "--workers", "3", "--cpus-per-worker", "0.5",
                     "--balance", "speed", "--address", "ray://x:1", "--placement-timeout", "9", "--step-timeout", "8",
                     "--checkpoint-dir", "/c", "--checkpoint-every", "6", "--keep-checkpoints", "5", "--resume",
-                    "--max-failures", "2", "--on-nonfinite", "skip", "--log-every", "3", "--metrics", "m.jsonl",
+                    "--resume-changes", "--max-failures", "2", "--on-nonfinite", "skip", "--log-every", "3", "--metrics", "m.jsonl",
                     "--summary-json", "s.json", "--report", "r"])
     assert spec.args == {"levels": [0.05, 0.5, 0.95], "hidden": [32, 8], "activation": "relu", "non_crossing": True,
                          "seed": 4}
@@ -37,7 +37,7 @@ def test_every_flag_reaches_its_setting():
                        s3_endpoint="http://h:1", optimizer="adamw", lr=0.3, schedule="linear", warmup_steps=7, weight_decay=0.01,
                        batch_size=99, epochs=2.5, steps=11, seed=4, workers=3, cpus_per_worker=0.5, balance="speed",
                        address="ray://x:1", placement_timeout=9, step_timeout=8, checkpoint_dir="/c", checkpoint_every=6,
-                       keep_checkpoints=5, resume=True, max_failures=2, on_nonfinite="skip", log_every=3,
+                       keep_checkpoints=5, resume=True, resume_changes=True, max_failures=2, on_nonfinite="skip", log_every=3,
                        metrics="m.jsonl", summary_json="s.json", report="r")
     assert c.storage.s3_endpoint == "http://h:1"
 
@@ -58,6 +58,12 @@ def test_arch_workers_set_the_number_of_workers():
     (["--val-fraction", "1"], "val_fraction must be in [0, 1), got 1.0"),
     (["--val-fraction", "-0.1"], "val_fraction must be in [0, 1), got -0.1"),
     (["--schedule", "step"], "invalid choice: 'step'"),
+    (["--log-every", "0"], "log_every must be positive, got 0"),
+    (["--step-timeout", "0"], "step_timeout must be positive, got 0.0"),
+    (["--checkpoint-every", "-5"], "checkpoint_every must be 0 or more, got -5"),
+    (["--keep-checkpoints", "-1"], "keep_checkpoints must be 0 or more, got -1"),
+    (["--steps", "0"], "steps must be positive, got 0"),
+    (["--lr", "-0.1"], "lr must be positive, got -0.1"),
     (["--hidden", "8,x"], "invalid _widths value: '8,x'"),
 ])
 def test_bad_arguments_exit_with_one_line(args, message, capsys):
