@@ -164,6 +164,11 @@ class ParameterServer:
             self.window[1] += rows
         self.step += 1
 
+    def progress(self) -> int:
+        """The next step to take; answered while run() is busy (the actor has a second slot), so
+        that the driver can tell a server that steps from one that hangs."""
+        return self.step
+
     def state(self) -> ServerState:
         """This server's state now; the training loss is the mean since the last call."""
         if self.window[1]:

@@ -57,6 +57,29 @@ def _one_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {lines[0]}{f' ({actor})' if actor else ''}"
 
 
+HUNG_ROUNDS = 3  # a server that takes no step in this many --step-timeout periods is hung
+
+
+def _watched(server, run: ray.ObjectRef, step_timeout: float) -> ServerState:
+    """The result of `server`'s run() call; meanwhile the server must take a step in every
+    HUNG_ROUNDS x step_timeout seconds (a step waits at most step_timeout for each worker, and
+    as long again for Ray to say why one is gone), else GetTimeoutError, as for a lost worker."""
+    last, still = None, 0
+    while True:
+        done, _ = ray.wait([run], timeout=step_timeout)
+        if done:
+            return ray_get(run)
+        try:
+            step = ray.get(server.progress.remote(), timeout=step_timeout)
+        except ray.exceptions.GetTimeoutError:
+            step = last
+        still = still + 1 if step == last else 0
+        if still >= HUNG_ROUNDS:
+            raise ray.exceptions.GetTimeoutError(f"the parameter server took no step in {HUNG_ROUNDS} x "
+                                                 f"{step_timeout:g} s (--step-timeout): hung")
+        last = step
+
+
 def _restore(config: TrainConfig, ds: data.Dataset, model: dict, size: int) -> ServerState | None:
     """The state to resume from, checked against this run's model and dataset; None to start fresh."""
     if not config.checkpoint_dir:
@@ -147,7 +170,8 @@ def _train(config: TrainConfig, ds: data.Dataset, model: dict, fleet: Fleet, sta
     def new_server(s: ServerState):
         here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
         servers.append(ray.remote(ParameterServer).options(
-            num_cpus=0, scheduling_strategy=here, name=f"mgdist-server-{uuid.uuid4().hex[:8]}").remote(
+            num_cpus=0, scheduling_strategy=here, name=f"mgdist-server-{uuid.uuid4().hex[:8]}",
+            max_concurrency=2).remote(  # run() and progress()
             config, s.params, total, s.step, s.optimizer))
         return servers[-1]
 
@@ -164,17 +188,17 @@ def _train(config: TrainConfig, ds: data.Dataset, model: dict, fleet: Fleet, sta
     failures, skips_logged = 0, set()
     try:
         while state.step < total:
-            step, stop = state.step, _next_stop(state.step, total, config)
+            stop = _next_stop(state.step, total, config)
             try:  # the server drives the steps up to the next log or checkpoint point
-                state = ray_get(server.run.remote(stop, fleet.actors, fleet.batches, fleet.steps_per_epoch),
-                                timeout=config.step_timeout * (stop - step))
+                state = _watched(server, server.run.remote(stop, fleet.actors, fleet.batches, fleet.steps_per_epoch),
+                                 config.step_timeout)
             except LOST as e:
                 failures += 1
                 if failures > config.max_failures:
                     raise TrainingError(f"giving up after {failures} failures (--max-failures "
                                         f"{config.max_failures}); last: {_one_line(e)}") from None
                 try:
-                    state = ray_get(server.state.remote(), timeout=30)
+                    state = ray_get(server.state.remote(), timeout=config.step_timeout)
                     progress.log(f"failure {failures} at step {state.step}: {_one_line(e)}")
                 except LOST:
                     ray.kill(server)

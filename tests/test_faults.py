@@ -20,6 +20,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import ray
+from ray._private.state import actors as actor_table  # every actor of the cluster, with its pid
 from ray.cluster_utils import Cluster
 
 from mgdist import checkpoint, data
@@ -173,6 +174,28 @@ def test_parameter_server_killed_is_restored_and_lost_steps_replayed(ray_address
     ray.kill(server, no_restart=False)
     assert run.finish() == 0, run.log
     assert "parameter server lost: restored step" in run.log, run.log
+    assert run.summary["failures_survived"] == 1
+    assert_same_as_reference(final_params(tmp_path / "ckpt"), reference)
+
+
+def test_hung_parameter_server_is_found_within_a_few_step_timeouts(ray_address, dataset, reference, tmp_path):
+    """A server frozen by SIGSTOP inside a run() call of all 240 steps (no log or checkpoint point
+    before the end): found after a few --step-timeout periods without a step, not 240 of them,
+    then replaced from the newest state and the lost steps replayed."""
+    run = Driver(tmp_path, job_args(dataset, tmp_path / "ckpt", "--address", ray_address, "--step-timeout", "3",
+                                    "--log-every", str(STEPS), "--checkpoint-every", str(STEPS)))
+    server = run.wait_until(lambda: run.actors("server").get(0), "the parameter server")
+    run.wait_until(lambda: ray.get(server.progress.remote()) >= 50, "step 50")  # it answers while it steps
+    pid = next(a["Pid"] for a in actor_table().values()
+               if a["State"] == "ALIVE" and a["Name"].startswith("mgdist-server-") and a["Name"] not in run.older)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        assert run.finish(timeout=120) == 0, run.log  # without the watch: 240 x 3 s before anyone notices
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # Ray has killed it, unless the test failed first
+            os.kill(pid, signal.SIGKILL)
+    assert "the parameter server took no step in 3 x 3 s (--step-timeout): hung" in run.log, run.log
+    assert "parameter server lost: restored step 0, replaying from there" in run.log, run.log
     assert run.summary["failures_survived"] == 1
     assert_same_as_reference(final_params(tmp_path / "ckpt"), reference)
 
