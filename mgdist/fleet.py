@@ -4,6 +4,7 @@ from __future__ import annotations
 import sys
 import time
 import uuid
+from typing import Sequence
 
 import ray
 
@@ -91,7 +92,13 @@ class Fleet:
         self.shards = data.plan_shards(self.ds.group_rows, k)
         self.actors = [self._spawn(rank) for rank in range(k)]
         self.info = self._wait(range(k))
-        if self.config.balance == "speed" and k > 1:  # time each worker, then size shards by speed
+        self._plan_steps()
+
+    def _plan_steps(self) -> None:
+        """Each worker's rows per step; with balance "speed", first time every worker and size the
+        shards by speed."""
+        k = len(self.actors)
+        if self.config.balance == "speed" and k > 1:
             probe = max(1, min(self.config.batch_size // k, *(i.train for i in self.info)))
             self.speeds = ray_get([a.speed.remote(probe) for a in self.actors])
             self.shards = data.plan_shards(self.ds.group_rows, k, weights=self.speeds)
@@ -118,21 +125,22 @@ class Fleet:
         _check_versions(infos)
         return infos
 
-    def heal(self) -> str:
-        """Replace lost workers (same shards); if they cannot be placed, re-plan over the rest."""
-        lost = []
-        for rank, actor in enumerate(self.actors):
-            try:
-                ray.get(actor.ready.remote(), timeout=self.config.step_timeout)  # a hung worker counts as lost
-            except LOST:
-                lost.append(rank)
-                ray.kill(actor)
+    def heal(self, late: Sequence[int] = ()) -> str:
+        """Replace lost workers, and the `late` ones that held up a step past --step-timeout although
+        they still answer (same shards; with balance "speed", every worker timed again); if they
+        cannot be placed, re-plan over the rest."""
+        lost = [rank for rank, actor in enumerate(self.actors) if rank in late or not self._answers(actor)]
+        for rank in lost:
+            ray.kill(self.actors[rank])
         if not lost:
             return "all workers answer"
         for rank in lost:
             self.actors[rank] = self._spawn(rank)
         try:
-            self._wait(lost)
+            for rank, info in zip(lost, self._wait(lost)):
+                self.info[rank] = info
+            if self.config.balance == "speed":
+                self._plan_steps()
             return f"replaced worker(s) {lost} on their shards"
         except TrainingError:
             for actor in self.actors:
@@ -142,6 +150,14 @@ class Fleet:
                 raise TrainingError("every worker was lost and none could be replaced") from None
             self.start()
             return f"worker(s) {lost} could not be replaced; shards re-planned over {len(self.options)} workers"
+
+    def _answers(self, actor) -> bool:
+        """Whether a worker answers within --step-timeout (a hung worker does not)."""
+        try:
+            ray.get(actor.ready.remote(), timeout=self.config.step_timeout)
+            return True
+        except LOST:
+            return False
 
     def stop(self) -> None:
         for actor in self.actors:

@@ -25,6 +25,7 @@ class ServerState:
     skips: tuple[str, ...] = ()       # every step skipped so far, and why
     slowest_s: float = 0.0            # compute seconds summed over steps: the slowest worker's of each step
     mean_s: float = 0.0               # and the mean worker's
+    late: tuple[int, ...] = ()        # the workers that held up the step that failed last, past --step-timeout
 
 
 def make_optimizer(config: TrainConfig, size: int, total_steps: int) -> optim.Optimizer:
@@ -53,6 +54,7 @@ class ParameterServer:
         self.window = [0.0, 0]  # loss sum and rows since the last state() call
         self.loss = float("nan")  # mean training loss of the last window that had steps
         self.skips: list[str] = []  # every step this server skipped, and why
+        self.late: tuple[int, ...] = ()  # the workers that did not answer within step_timeout, last time
         self.compute_s = [0.0, 0.0]  # per step summed: the slowest worker's compute, the mean worker's
         self.workers: list = []  # those the links below lead to, and their serve() calls
         self.links: list[socket.socket | None] = []
@@ -81,6 +83,7 @@ class ParameterServer:
                         rows, loss, seconds = link.recv(sock, grad)
                         answers.append((grad, int(rows), loss, seconds))
                 except TimeoutError:
+                    self.late = (w,)
                     self._raise_lost([w], f"step {self.step}: worker(s) [{w}] did not answer within "
                                           f"{timeout:g} s (--step-timeout)", wait=0)
                 except OSError:  # its end closed: its serve() call says why (its actor died, or it failed)
@@ -174,5 +177,7 @@ class ParameterServer:
         if self.window[1]:
             self.loss = self.window[0] / self.window[1]
         self.window = [0.0, 0]
-        return ServerState(self.step, self.params.copy(), self.opt.state_dict(), self.loss, tuple(self.skips),
-                           *self.compute_s)
+        state = ServerState(self.step, self.params.copy(), self.opt.state_dict(), self.loss, tuple(self.skips),
+                            *self.compute_s, self.late)
+        self.late = ()
+        return state

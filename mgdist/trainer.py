@@ -197,15 +197,17 @@ def _train(config: TrainConfig, ds: data.Dataset, model: dict, fleet: Fleet, sta
                 if failures > config.max_failures:
                     raise TrainingError(f"giving up after {failures} failures (--max-failures "
                                         f"{config.max_failures}); last: {_one_line(e)}") from None
+                late = ()
                 try:
                     state = ray_get(server.state.remote(), timeout=config.step_timeout)
+                    late = state.late
                     progress.log(f"failure {failures} at step {state.step}: {_one_line(e)}")
                 except LOST:
                     ray.kill(server)
                     server = new_server(state)
                     progress.log(f"failure {failures}: {_one_line(e)}; parameter server lost: restored step "
                                  f"{state.step}, replaying from there")
-                progress.log(fleet.heal())
+                progress.log(fleet.heal(late))
                 continue
             for message in state.skips:  # all so far: a replay or a discarded state loses none
                 if message not in skips_logged:

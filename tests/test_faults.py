@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -175,6 +176,36 @@ def test_parameter_server_killed_is_restored_and_lost_steps_replayed(ray_address
     assert run.finish() == 0, run.log
     assert "parameter server lost: restored step" in run.log, run.log
     assert run.summary["failures_survived"] == 1
+    assert_same_as_reference(final_params(tmp_path / "ckpt"), reference)
+
+
+def test_a_straggler_that_still_answers_is_replaced(ray_address, dataset, reference, tmp_path):
+    """A worker starved of CPU (stopped 3 s, running 0.5 s, over and over) holds up steps past
+    --step-timeout yet answers Ray between its stops: it is replaced, not waited for until
+    --max-failures runs out."""
+    run = Driver(tmp_path, job_args(dataset, tmp_path / "ckpt", "--address", ray_address, "--step-timeout", "2"))
+    worker = run.wait_until(lambda: run.actors("worker").get(1), "worker 1")
+    pid = ray.get(worker.ready.remote()).pid
+    run.wait_until(lambda: run.step() >= 20, "step 20")
+    done = threading.Event()
+
+    def starve():
+        with contextlib.suppress(ProcessLookupError):  # until Ray kills it
+            while not done.is_set():
+                os.kill(pid, signal.SIGSTOP)
+                time.sleep(3)
+                os.kill(pid, signal.SIGCONT)
+                time.sleep(0.5)
+    threading.Thread(target=starve, daemon=True).start()
+    try:
+        assert run.finish() == 0, run.log
+    finally:
+        done.set()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    assert "worker(s) [1] did not answer within 2 s (--step-timeout)" in run.log, run.log
+    assert "replaced worker(s) [1] on their shards" in run.log, run.log
+    assert run.summary["failures_survived"] >= 1
     assert_same_as_reference(final_params(tmp_path / "ckpt"), reference)
 
 
