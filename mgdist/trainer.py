@@ -19,10 +19,11 @@ import numpy as np
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from mgdist import checkpoint, data, synthetic
+from mgdist import checkpoint, data, link, synthetic
 from mgdist.config import Config
 from mgdist.evaluate import write_report
 from mgdist.fleet import LOST, Fleet, ray_get
+from mgdist.lease import Lease
 from mgdist.metrics import QuantileStats
 from mgdist.model import QuantileModel
 from mgdist.report import Progress, format_summary
@@ -88,13 +89,15 @@ def _restore(config: Config, ds: data.Dataset, model: QuantileModel) -> dict | N
     return {"step": manifest["step"], "params": arrays["params"], "optimizer": optimizer}
 
 
-def _save(config: Config, ds: data.Dataset, model: QuantileModel, fleet: Fleet, state: dict) -> None:
+def _save(config: Config, ds: data.Dataset, model: QuantileModel, fleet: Fleet, state: dict, lease: Lease,
+          retry_s: float) -> None:
     arrays = {"params": state["params"], **{f"opt.{k}": v for k, v in state["optimizer"].items()}}
     meta = {"epoch": state["step"] / fleet.steps_per_epoch, "config": config.to_dict(),
             "dataset": ds.fingerprint(), "model": model.describe(),
             "data_order": {"seed": config.seed, "workers": len(fleet.actors), "shards": fleet.shards,
                            "batches": fleet.batches, "steps_per_epoch": fleet.steps_per_epoch}}
-    checkpoint.save(config.checkpoint_dir, state["step"], arrays, meta, config.keep_checkpoints, config.storage)
+    checkpoint.save(config.checkpoint_dir, state["step"], arrays, meta, config.keep_checkpoints, config.storage,
+                    lease, retry_s)
 
 
 def train(config: Config) -> dict:
@@ -104,7 +107,10 @@ def train(config: Config) -> dict:
         ray.init(address=config.address)
     ds = data.discover(config.data or default_dataset(), config.features, config.target, config.storage)
     model = build_model(config, len(ds.features))
+    lease = Lease(config.checkpoint_dir, config.storage) if config.checkpoint_dir else None
+    took_over = lease and lease.acquire(take_over=config.resume)  # a second run on the directory stops here
     state = _restore(config, ds, model) or {"step": 0, "params": model.params.copy(), "optimizer": None}
+    saved = state["step"] if config.resume and state["step"] else None  # the newest step safely saved
     fleet = Fleet(config, ds)
     spe = fleet.steps_per_epoch
     total = config.steps if config.steps is not None else max(1, math.ceil(config.epochs * spe))
@@ -112,14 +118,17 @@ def train(config: Config) -> dict:
     def new_server(s: dict):
         here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
         return ray.remote(ParameterServer).options(num_cpus=0, scheduling_strategy=here, name=f"mgdist-server-{uuid.uuid4().hex[:8]}").remote(
-            config, s["params"], total, s["step"], s["optimizer"])
+            config, s["params"], total, secret, s["step"], s["optimizer"])
 
+    secret = link.Secret.new()  # for the server's links to its workers: handed over by Ray only
     server = new_server(state)
     ray_get(server.state.remote())  # started, so the clock below measures training alone
     progress = Progress(total, state["step"], config.batch_size, spe, config.metrics)
     progress.log(f"{ds.rows:,} rows x {len(ds.features)} features in {len(ds.files)} files; {len(fleet.actors)} "
                  f"workers on {sorted({i['node'] + '/' + i['arch'] for i in fleet.info})}; steps {state['step']}"
                  f"..{total} of {config.batch_size} rows ({spe} per epoch)")
+    if took_over:
+        progress.log(took_over)
     if config.balance == "speed" and len(fleet.actors) > 1:
         progress.log("measured speeds (rows/s): " + ", ".join(f"{s:,.0f}" for s in fleet.speeds)
                      + f"; rows per step: {fleet.batches}")
@@ -140,7 +149,8 @@ def train(config: Config) -> dict:
                 progress.log(f"failure {failures} at step {state['step']}: {_one_line(e)}")
             except LOST:
                 ray.kill(server)
-                server = new_server(state)
+                secret = link.Secret.new()  # for the server's links to its workers: handed over by Ray only
+    server = new_server(state)
                 progress.log(f"failure {failures}: {_one_line(e)}; parameter server lost: restored step "
                              f"{state['step']}, replaying from there")
             progress.log(fleet.heal())
@@ -151,8 +161,18 @@ def train(config: Config) -> dict:
                 skips_logged.add(message)
         train_loss = state["train_loss"]
         progress.update(stop, train_loss=train_loss)
+        if lease:
+            lease.keep_alive()
         if config.checkpoint_dir and (stop == total or config.checkpoint_every and stop % config.checkpoint_every == 0):
-            _save(config, ds, model, fleet, state)
+            try:  # a save held up for longer than a step may take is given up until the next one
+                _save(config, ds, model, fleet, state, lease,
+                      checkpoint.FINAL_SAVE_S if stop == total else config.step_timeout)
+                saved = stop
+            except checkpoint.SaveFailed as e:
+                if stop == total:
+                    raise checkpoint.SaveFailed(f"{e}; the newest step safely saved is "
+                                                f"{saved if saved is not None else 'none'}") from None
+                progress.log(f"{e}; training goes on, the next save tries again")
     final = state["params"]
     loop_s = time.perf_counter() - progress.t0
     slowest_s, mean_s = state.get("compute_s", (0.0, 0.0))  # of this server's steps: fewer after a server loss
@@ -180,6 +200,8 @@ def train(config: Config) -> dict:
             json.dump(summary, f, indent=2)
     fleet.stop()
     ray.kill(server)
+    if lease:
+        lease.release()
     if config.report:  # the final model scored in this process on all of the training data
         np.copyto(model.params, final)
         write_report(model, ds, config.report, config.metrics, config.nonfinite,

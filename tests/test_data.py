@@ -149,7 +149,7 @@ def test_bad_paths_and_empty_datasets(tmp_path):
         discover(str(path))
     (tmp_path / "text" / "a.parquet").parent.mkdir()
     (tmp_path / "text" / "a.parquet").write_text("x,y\n1,2\n")
-    with pytest.raises(DataError, match=f"^{tmp_path}/text: .*not a parquet file"):
+    with pytest.raises(DataError, match=f"^{tmp_path}/text/a.parquet: .*not a parquet file"):
         discover(str(tmp_path / "text"))
 
 
