@@ -149,8 +149,7 @@ def train(config: Config) -> dict:
                 progress.log(f"failure {failures} at step {state['step']}: {_one_line(e)}")
             except LOST:
                 ray.kill(server)
-                secret = link.Secret.new()  # for the server's links to its workers: handed over by Ray only
-    server = new_server(state)
+                server = new_server(state)
                 progress.log(f"failure {failures}: {_one_line(e)}; parameter server lost: restored step "
                              f"{state['step']}, replaying from there")
             progress.log(fleet.heal())
