@@ -31,7 +31,7 @@ from fsspec.implementations.local import LocalFileSystem
 from mgdist import checkpoint
 from mgdist.checkpoint import CheckpointError
 from mgdist.data import DataError, Storage, filesystem
-from mgdist.retry import READ_S, retrying
+from mgdist.retry import retrying
 
 LEASE, LOCK = "_lease.json", "_lease.lock"
 TTL_S = 300.0  # a lease not renewed for this long is free to take over
@@ -96,7 +96,7 @@ class Lease:
                 raise LeaseHeld(f"{self.directory} is in use by {holder} ({LEASE}); wait for it to end "
                                 "or to expire, or pass --resume to take it over")
         try:
-            holder = self._update(decide, READ_S)
+            holder = self._update(decide, None)
         except (OSError, DataError, ValueError) as e:
             raise CheckpointError(f"cannot claim {self.directory} ({LEASE}): {e}") from None
         if holder is not None and holder.owner != self.owner and not holder.gone():
@@ -107,9 +107,9 @@ class Lease:
                                                                   "file(s) of its saves" if cleared else "")
         return None
 
-    def renew(self, budget: float = READ_S) -> None:
+    def renew(self, budget: float | None = None) -> None:
         """Extend the claim by ttl from now; LeaseLost if another run holds it. Storage errors
-        (after retrying transient ones for `budget` seconds) are raised as they are."""
+        (after retrying transient ones for `budget` seconds, None: retry.READ_S) are raised as they are."""
         def decide(holder: Holder | None) -> None:
             if holder is not None and holder.owner != self.owner:
                 raise LeaseLost(f"{self.directory} was taken over by {holder}; this run stops")
@@ -134,7 +134,7 @@ class Lease:
             if holder is not None and holder.owner == self.owner:
                 retrying(lambda: fs.rm(path))
 
-    def _update(self, decide, budget: float) -> Holder | None:
+    def _update(self, decide, budget: float | None) -> Holder | None:
         """Read the lease, let decide() raise if this run may not hold it, write this run's: the
         holder read. A conditional write that finds the lease changed meanwhile starts again."""
         fs, root = filesystem(self.directory, self.storage)

@@ -47,9 +47,10 @@ def is_transient(e: BaseException) -> bool:
     return False
 
 
-def retrying(call: Callable[[], T], budget: float = READ_S, first_wait: float = 0.5, max_wait: float = 8.0) -> T:
+def retrying(call: Callable[[], T], budget: float | None = None, first_wait: float = 0.5, max_wait: float = 8.0) -> T:
     """call(), called again after each transient error, waits doubling from `first_wait` up to
-    `max_wait`, until `budget` seconds have passed since the first try; then GaveUp."""
+    `max_wait`, until `budget` seconds (None: READ_S) have passed since the first try; then GaveUp."""
+    budget = READ_S if budget is None else budget
     start, wait, tries = time.monotonic(), first_wait, 0
     while True:
         tries += 1

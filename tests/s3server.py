@@ -17,13 +17,15 @@ from pathlib import Path
 KEY, SECRET, BUCKET = "mgdist-key", "mgdist-secret", "mgdist"
 
 
-@dataclass(frozen=True)
+@dataclass
 class S3Server:
     endpoint: str
     key: str
     secret: str
     bucket: str
     process: subprocess.Popen
+    workdir: Path
+    ports: list[int]  # the S3 port first: start_again() reuses them all, and the data dir
 
     def env(self) -> dict[str, str]:
         """The standard AWS variables that point a client at this server."""
@@ -51,30 +53,40 @@ def _free_ports(n: int) -> list[int]:
 
 def start(workdir: Path, timeout: float = 60.0) -> S3Server:
     """Start a server storing its data under `workdir`, with one bucket; wait until it takes a PUT."""
-    import s3fs
     workdir.mkdir(parents=True, exist_ok=True)
     config = workdir / "identities.json"
     config.write_text(json.dumps({"identities": [{"name": "test", "credentials": [
         {"accessKey": KEY, "secretKey": SECRET}], "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
-    components = ["s3", "master", "volume", "filer", "admin"]
-    ports = _free_ports(2 * len(components))
-    port_flags = [f"-{c}.port={p}" for c, p in zip(components, ports)]
-    port_flags += [f"-{c}.port.grpc={p}" for c, p in zip(components, ports[len(components):])]
-    with open(workdir / "weed.log", "wb") as log:
-        process = subprocess.Popen(
+    ports = _free_ports(2 * len(COMPONENTS))
+    server = S3Server(f"http://127.0.0.1:{ports[0]}", KEY, SECRET, BUCKET, None, workdir, ports)
+    start_again(server, timeout)
+    return server
+
+
+COMPONENTS = ["s3", "master", "volume", "filer", "admin"]
+
+
+def start_again(server: S3Server, timeout: float = 60.0) -> None:
+    """(Re)start `server`'s process on its ports and data dir; wait until it takes a PUT."""
+    import s3fs
+    workdir, ports = server.workdir, server.ports
+    port_flags = [f"-{c}.port={p}" for c, p in zip(COMPONENTS, ports)]
+    port_flags += [f"-{c}.port.grpc={p}" for c, p in zip(COMPONENTS, ports[len(COMPONENTS):])]
+    with open(workdir / "weed.log", "ab") as log:
+        server.process = subprocess.Popen(
             [_weed(), "mini", f"-dir={workdir / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
              "-admin.ui=false", "-webdav=false", "-master.telemetry=false", "-s3.port.iceberg=0",
-             "-s3.port.lance=0", "-s3.autoCreateBucket=false", f"-s3.config={config}", f"-bucket={BUCKET}", *port_flags],
+             "-s3.port.lance=0", "-s3.autoCreateBucket=false", f"-s3.config={workdir / 'identities.json'}",
+             f"-bucket={BUCKET}", *port_flags],
             stdout=log, stderr=subprocess.STDOUT)
-    server = S3Server(f"http://127.0.0.1:{ports[0]}", KEY, SECRET, BUCKET, process)
     fs = s3fs.S3FileSystem(key=KEY, secret=SECRET, endpoint_url=server.endpoint, skip_instance_cache=True)
     deadline = time.monotonic() + timeout
     while True:
         try:
             fs.pipe(f"{BUCKET}/.ready", b"")
-            return server
+            return
         except Exception as e:  # not up yet: connection refused, no volume yet, ...
-            if process.poll() is not None or time.monotonic() > deadline:
+            if server.process.poll() is not None or time.monotonic() > deadline:
                 stop(server)
                 raise RuntimeError(f"S3 server did not start ({e}); see {workdir / 'weed.log'}") from e
             time.sleep(0.2)
