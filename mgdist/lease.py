@@ -126,13 +126,17 @@ class Lease:
             self.renewed = time.monotonic() - self.ttl / 3 + self.ttl / 10
 
     def release(self) -> None:
-        """Give the directory up, if this run still holds it."""
+        """Give the directory up, if this run still holds it; if the storage fails, the lease
+        is left to expire."""
         fs, root = filesystem(self.directory, self.storage)
         path = f"{root}/{LEASE}"
-        with self._locked(fs, root):
-            holder, _ = retrying(lambda: _read(fs, path))
-            if holder is not None and holder.owner == self.owner:
-                retrying(lambda: fs.rm(path))
+        try:
+            with self._locked(fs, root):
+                holder, _ = retrying(lambda: _read(fs, path))
+                if holder is not None and holder.owner == self.owner:
+                    retrying(lambda: fs.rm(path))
+        except (OSError, DataError):
+            pass
 
     def _update(self, decide, budget: float | None) -> Holder | None:
         """Read the lease, let decide() raise if this run may not hold it, write this run's: the

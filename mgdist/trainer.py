@@ -102,13 +102,21 @@ def _save(config: Config, ds: data.Dataset, model: QuantileModel, fleet: Fleet, 
 
 def train(config: Config) -> dict:
     """Train as `config` says; return (and print, and optionally save) the final summary."""
+    lease = Lease(config.checkpoint_dir, config.storage) if config.checkpoint_dir else None
+    took_over = lease and lease.acquire(take_over=config.resume)  # a second run on the directory stops here
+    try:
+        return _train(config, lease, took_over)
+    finally:
+        if lease:
+            lease.release()
+
+
+def _train(config: Config, lease: Lease | None, took_over: str | None) -> dict:
     t_start = time.perf_counter()
     if not ray.is_initialized():
         ray.init(address=config.address)
     ds = data.discover(config.data or default_dataset(), config.features, config.target, config.storage)
     model = build_model(config, len(ds.features))
-    lease = Lease(config.checkpoint_dir, config.storage) if config.checkpoint_dir else None
-    took_over = lease and lease.acquire(take_over=config.resume)  # a second run on the directory stops here
     state = _restore(config, ds, model) or {"step": 0, "params": model.params.copy(), "optimizer": None}
     saved = state["step"] if config.resume and state["step"] else None  # the newest step safely saved
     fleet = Fleet(config, ds)
@@ -199,8 +207,6 @@ def train(config: Config) -> dict:
             json.dump(summary, f, indent=2)
     fleet.stop()
     ray.kill(server)
-    if lease:
-        lease.release()
     if config.report:  # the final model scored in this process on all of the training data
         np.copyto(model.params, final)
         write_report(model, ds, config.report, config.metrics, config.nonfinite,
