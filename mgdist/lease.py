@@ -8,8 +8,9 @@ holder is a process of this host that no longer exists, or explicitly (`take_ove
 
 Read-decide-write is atomic: on a local disk under flock() of `_lease.lock` (this host's
 processes, or hosts sharing a file system with working locks); on S3 with conditional PUTs,
-If-None-Match: * to create and If-Match: <ETag> to replace (SeaweedFS 4 and AWS S3 both
-refuse a PUT whose precondition fails: measured, tests/test_lease.py). Only release()
+If-None-Match: * to create and If-Match: <ETag> to replace. SeaweedFS 4.48 refuses a PUT
+whose precondition fails (PreconditionFailed): measured, and tests/test_lease.py races four
+runs for one directory; AWS S3 documents both conditions. Only release()
 deletes without a condition (s3fs has no conditional DELETE): a run that takes the lease
 over in the moment between its read and its delete loses it again and stops at its first save.
 """

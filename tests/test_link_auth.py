@@ -1,6 +1,7 @@
 """The server's links let in only the run's workers: fake peers on real sockets against a real
 parameter server actor and real worker actors, which must end the steps exactly as one
 process computes them on the same global batches."""
+import dataclasses
 import os
 import signal
 import socket
@@ -23,6 +24,15 @@ def ray_local():
     ray.init(address="local", num_cpus=2, object_store_memory=200 * 2**20, include_dashboard=False)
     yield
     ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def fleet(ray_local, uneven_data, tmp_path_factory):
+    """Two real workers, shared by this module's tests; they wait 2 s (--step-timeout) for a step."""
+    config = small_config(uneven_data, tmp_path_factory.mktemp("fleet"), step_timeout=2.0)
+    fleet = Fleet(config, data.discover(uneven_data))
+    yield fleet
+    fleet.stop()
 
 
 def pid_of(actor) -> int:
@@ -76,10 +86,9 @@ def new_server(config, ds, secret: link.Secret):
     return ray.remote(ParameterServer).options(num_cpus=0).remote(config, model.params.copy(), config.steps, secret)
 
 
-def test_only_the_runs_workers_get_in_and_the_run_goes_on(ray_local, uneven_data, tmp_path):
-    config = small_config(uneven_data, tmp_path, step_timeout=40.0)
-    ds = data.discover(uneven_data)
-    fleet = Fleet(config, ds)
+def test_only_the_runs_workers_get_in_and_the_run_goes_on(fleet, uneven_data, tmp_path):
+    config = small_config(uneven_data, tmp_path, step_timeout=40.0)  # the server's: the deadline to connect
+    ds = fleet.ds
     secret = link.Secret.new()
     server = new_server(config, ds, secret)
     server_pid = pid_of(server)
@@ -121,7 +130,7 @@ def test_only_the_runs_workers_get_in_and_the_run_goes_on(ray_local, uneven_data
                           "failed authentication (claimed worker 1)", "closed the link before proving who it is",
                           "claimed worker 1, which is already connected"]
                          + [f"sent no handshake within {link.HANDSHAKE_S:g} s"] * 5), dropped
-    fleet.stop()
+    ray.kill(server)
 
 
 
@@ -144,31 +153,28 @@ class MiscountingWorker(Worker):
     ("minus the other's rows", lambda b: -b[0], "worker 1 sent -{b0} rows"),
     ("more than asked", lambda b: b[1] + 1, "worker 1 sent {b1p} rows"),
     ("none, as does the other", lambda b: 0, "the workers sent 0 rows in all")], ids=lambda c: c[0])
-def test_an_impossible_row_count_is_the_sending_workers_error(ray_local, uneven_data, tmp_path, claims):
+def test_an_impossible_row_count_is_the_sending_workers_error(fleet, uneven_data, tmp_path, claims):
     _, rows, message = claims
-    config = small_config(uneven_data, tmp_path, step_timeout=30.0)
-    ds = data.discover(uneven_data)
-    fleet = Fleet(config, ds)
+    config, ds = fleet.config, fleet.ds
     lying = [fleet.actors[0]] if rows(fleet.batches) else [ray.remote(MiscountingWorker).options(max_concurrency=2).remote(
         config, ds, fleet.shards[0], 0, rows=0)]
     lying.append(ray.remote(MiscountingWorker).options(max_concurrency=2).remote(
         config, ds, fleet.shards[1], 1, rows=rows(fleet.batches)))
-    server = new_server(config, ds, link.Secret.new())
+    ray.get([w.ready.remote() for w in lying])
+    server = new_server(dataclasses.replace(config, step_timeout=30.0), ds, link.Secret.new())
     with pytest.raises(BadMessage) as e:
         ray_get(server.run.remote(config.steps, lying, fleet.batches, fleet.steps_per_epoch), timeout=60)
     expected = message.format(b0=fleet.batches[0], b1p=fleet.batches[1] + 1)
     assert str(e.value).startswith(f"step 0: {expected}") and "\n" not in str(e.value), e.value
-    fleet.stop()
-    for actor in lying:
+    for actor in lying[1:] if lying[0] is fleet.actors[0] else lying:
         ray.kill(actor)
+    ray.kill(server)
 
 
-def test_a_workers_link_times_out_after_step_timeout_and_the_next_run_reconnects(ray_local, uneven_data, tmp_path):
+def test_a_workers_link_times_out_after_step_timeout_and_the_next_run_reconnects(fleet):
     """A worker waits for the next step no longer than --step-timeout (a hung or lost server must
     not hold its serve() forever); the server then opens new links, and the steps come out the same."""
-    config = small_config(uneven_data, tmp_path, step_timeout=2.0)
-    ds = data.discover(uneven_data)
-    fleet = Fleet(config, ds)
+    config, ds = fleet.config, fleet.ds
     server = new_server(config, ds, link.Secret.new())
     ray_get(server.run.remote(5, fleet.actors, fleet.batches, fleet.steps_per_epoch), timeout=60)
     t = time.monotonic()
@@ -178,4 +184,4 @@ def test_a_workers_link_times_out_after_step_timeout_and_the_next_run_reconnects
     print(f"serve() ended {time.monotonic() - t:.1f} s after the last step (--step-timeout 2)")
     state = ray_get(server.run.remote(config.steps, fleet.actors, fleet.batches, fleet.steps_per_epoch), timeout=60)
     np.testing.assert_allclose(state["params"], single_process_params(config, 2), rtol=2e-4, atol=2e-6)
-    fleet.stop()
+    ray.kill(server)

@@ -43,19 +43,27 @@ def test_a_save_rides_out_an_outage_and_one_past_its_budget_fails_in_one_line(ow
         np.testing.assert_array_equal(checkpoint.load(d, step)[0]["params"], arrays(step)["params"])
 
 
+def during_outage(server: s3server.S3Server, *calls):
+    """The results of `calls`, all started while the server is down, which comes back 5 s later."""
+    s3server.stop(server)
+    thread = back_after(server, 5)
+    results = [None] * len(calls)
+    workers = [threading.Thread(target=lambda i=i: results.__setitem__(i, calls[i]())) for i in range(len(calls))]
+    for w in workers:
+        w.start()
+    for w in workers + [thread]:
+        w.join()
+    return results
+
+
 def test_resume_reads_ride_out_an_outage_and_never_fall_back_to_an_older_checkpoint(own_s3_env, monkeypatch):
     d = f"s3://{own_s3_env.bucket}/outage-resume"
     for step in (1, 2):
         checkpoint.save(d, step, arrays(step), {}, keep=3)
-    s3server.stop(own_s3_env)
-    thread = back_after(own_s3_env, 5)
-    assert checkpoint.steps(d) == [1, 2]
-    thread.join()
-    s3server.stop(own_s3_env)
-    thread = back_after(own_s3_env, 5)
-    got, manifest = checkpoint.load_latest(d)
-    thread.join()
-    assert manifest["step"] == 2
+    listed, loaded, (got, manifest) = during_outage(
+        own_s3_env, lambda: checkpoint.steps(d), lambda: checkpoint.load(d, 1), lambda: checkpoint.load_latest(d))
+    assert listed == [1, 2] and manifest["step"] == 2
+    np.testing.assert_array_equal(loaded[0]["params"], arrays(1)["params"])
     np.testing.assert_array_equal(got["params"], arrays(2)["params"])
 
     s3server.stop(own_s3_env)
@@ -64,8 +72,6 @@ def test_resume_reads_ride_out_an_outage_and_never_fall_back_to_an_older_checkpo
         checkpoint.load(d, 2)
     assert str(e.value).startswith(f"{d}/ckpt-000000002.json: unreachable: EndpointConnectionError: ")
     assert "\n" not in str(e.value)
-    with pytest.raises(checkpoint.CheckpointError, match=f"^cannot list checkpoints in {d}: EndpointConnection"):
-        checkpoint.load_latest(d)
 
 
 def test_shard_loads_and_discovery_ride_out_an_outage(own_s3_env, tmp_path, monkeypatch):
@@ -73,21 +79,14 @@ def test_shard_loads_and_discovery_ride_out_an_outage(own_s3_env, tmp_path, monk
     synthetic.write(uri, rows=4000, features=4, files=2, row_group_rows=1000, seed=5, progress=False)
     ds = data.discover(uri)
     X, y = data.load_shard(ds, [1, 2, 3])
-    s3server.stop(own_s3_env)
-    thread = back_after(own_s3_env, 5)
-    again = data.load_shard(ds, [1, 2, 3])
-    thread.join()
-    np.testing.assert_array_equal(again[0], X)
-    np.testing.assert_array_equal(again[1], y)
-    s3server.stop(own_s3_env)
-    thread = back_after(own_s3_env, 5)
-    assert data.discover(uri) == ds
-    thread.join()
+    found, (X2, y2) = during_outage(own_s3_env, lambda: data.discover(uri), lambda: data.load_shard(ds, [1, 2, 3]))
+    assert found == ds
+    np.testing.assert_array_equal(X2, X)
+    np.testing.assert_array_equal(y2, y)
 
     s3server.stop(own_s3_env)
     monkeypatch.setattr(retry, "READ_S", 3.0)
     with pytest.raises(DataError) as e:
         data.load_shard(ds, [1])
     assert str(e.value).startswith(f"{ds.files[0].path}: EndpointConnectionError: ") and "\n" not in str(e.value)
-    with pytest.raises(DataError, match=f"^{uri}: EndpointConnectionError: .*still failing after"):
-        data.discover(uri)
+    assert "(still failing after " in str(e.value)
