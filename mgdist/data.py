@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 from botocore.exceptions import BotoCoreError
 
 from mgdist.errors import DataError
+from mgdist.retry import retrying
 
 CHUNK_BYTES = 1 << 19  # rows are copied into X in blocks of about this size, to stay in cache
 
@@ -95,12 +96,21 @@ class Dataset:
         return {"files": files, "features": list(self.features), "target": self.target}
 
 
+def _listed(path: str, root: str) -> bool:
+    """Whether a file found under `root` is part of the dataset: a .parquet file with no name below
+    `root` starting with "_" or "." (Spark's _SUCCESS and _temporary/, hidden files), as pyarrow
+    datasets have it."""
+    parts = path[len(root):].strip("/").split("/")
+    return path.endswith(".parquet") and not any(p.startswith(("_", ".")) for p in parts)
+
+
 def _list_files(fs: fsspec.AbstractFileSystem, path: str) -> dict[str, int]:
     """{path: size} of the Parquet files that `path` names: a file, a directory tree, a glob."""
     if any(c in path for c in "*?["):
-        found = fs.glob(path, detail=True)
+        root = path[:min(path.find(c) for c in "*?[" if c in path)].rpartition("/")[0]
+        found = {p: i for p, i in fs.glob(path, detail=True).items() if _listed(p, root)}
     elif fs.isdir(path):
-        found = {p: i for p, i in fs.find(path, detail=True).items() if p.endswith(".parquet")}
+        found = {p: i for p, i in fs.find(path, detail=True).items() if _listed(p, path)}
     else:
         found = {path: fs.info(path)}
     return {p: i["size"] for p, i in sorted(found.items()) if i["type"] == "file"}
@@ -141,10 +151,13 @@ def _open_parquet(fs: fsspec.AbstractFileSystem, path: str) -> Iterator[pq.Parqu
         yield pq.ParquetFile(f)
 
 
-def _read_footer(fs: fsspec.AbstractFileSystem, path: str) -> tuple[pa.Schema, tuple[int, ...]]:
-    with _open_parquet(fs, path) as pf:
-        meta = pf.metadata
-        return pf.schema_arrow, tuple(meta.row_group(i).num_rows for i in range(meta.num_row_groups))
+def _read_footer(fs: fsspec.AbstractFileSystem, path: str, where: str) -> tuple[pa.Schema, tuple[int, ...]]:
+    def read():
+        with _open_parquet(fs, path) as pf:
+            meta = pf.metadata
+            return pf.schema_arrow, tuple(meta.row_group(i).num_rows for i in range(meta.num_row_groups))
+    with reraise(where):
+        return retrying(read)
 
 
 def _common_metadata(schemas: Sequence[pa.Schema]) -> dict[str, str]:
@@ -164,11 +177,11 @@ def discover(uri: str, features: Sequence[str] | str | None = None, target: str 
     fs, path = filesystem(uri, storage)
     prefix = "s3://" if uri.startswith("s3://") else ""
     with reraise(uri):
-        sizes = _list_files(fs, path)
+        sizes = retrying(lambda: _list_files(fs, path))
         if not sizes:
             raise DataError(f"{uri}: no Parquet files")
-        with ThreadPoolExecutor(8) as pool:  # footers are small reads: overlap their latency
-            footers = list(pool.map(lambda p: (p, *_read_footer(fs, p)), sizes))
+    with ThreadPoolExecutor(8) as pool:  # footers are small reads: overlap their latency
+        footers = list(pool.map(lambda p: (p, *_read_footer(fs, p, prefix + p)), sizes))
     (first, schema, _), infos = footers[0], []
     for p, file_schema, groups in footers:
         types, first_types = ({f.name: str(f.type) for f in s} for s in (file_schema, schema))
@@ -226,6 +239,27 @@ def _nonfinite_error(table: pa.Table, ds: Dataset, X: np.ndarray, y: np.ndarray,
                      " (nonfinite='drop' skips such rows)")
 
 
+def _read_group(pf: pq.ParquetFile, ds: Dataset, info: FileInfo, g: int, nonfinite: str,
+                X: np.ndarray, y: np.ndarray) -> int:
+    """Read row group `g` of one file into the first rows of X and y; the number of rows kept."""
+    where = f"{info.path} row group {g}"
+    table = pf.read_row_group(g, columns=[*ds.features, ds.target])
+    if table.num_rows != info.row_groups[g]:
+        raise DataError(f"{where}: {table.num_rows} rows, not {info.row_groups[g]}: "
+                        "the file changed since it was discovered")
+    n = table.num_rows
+    copy_columns(table, ds.features, X[:n])
+    y[:n] = table.column(ds.target).to_numpy()
+    finite = np.isfinite(X[:n]).all(axis=1) & np.isfinite(y[:n])
+    if finite.all():
+        return n
+    if nonfinite == "error":
+        raise _nonfinite_error(table, ds, X[:n], y[:n], where)
+    kept = int(finite.sum())
+    X[:kept], y[:kept] = X[:n][finite], y[:n][finite]
+    return kept
+
+
 def load_shard(ds: Dataset, groups: Sequence[int], nonfinite: str = "error") -> tuple[np.ndarray, np.ndarray]:
     """Read row groups (indices into ds.group_rows) into C-contiguous float32 X (n, F) and y (n,).
 
@@ -242,28 +276,17 @@ def load_shard(ds: Dataset, groups: Sequence[int], nonfinite: str = "error") -> 
     fs, _ = filesystem(ds.uri, ds.storage)
     filled = 0
     for f, run in groupby((located[g] for g in groups), key=lambda fg: fg[0]):
-        info = ds.files[f]
-        with reraise(info.path), _open_parquet(fs, _fs_path(info.path)) as pf:
-            for _, g in run:
-                where = f"{info.path} row group {g}"
-                table = pf.read_row_group(g, columns=[*ds.features, ds.target])
-                if table.num_rows != info.row_groups[g]:
-                    raise DataError(f"{where}: {table.num_rows} rows, not {info.row_groups[g]}: "
-                                    "the file changed since it was discovered")
-                rows = slice(filled, filled + table.num_rows)
-                copy_columns(table, ds.features, X[rows])
-                y[rows] = table.column(ds.target).to_numpy()
-                finite = np.isfinite(X[rows]).all(axis=1) & np.isfinite(y[rows])
-                if finite.all():
-                    filled += table.num_rows
-                elif nonfinite == "error":
-                    raise _nonfinite_error(table, ds, X[rows], y[rows], where)
-                else:
-                    kept = int(finite.sum())
-                    X[filled:filled + kept], y[filled:filled + kept] = X[rows][finite], y[rows][finite]
-                    filled += kept
-                del table
-                pa.default_memory_pool().release_unused()  # peak: the shard + about one row group
+        info, todo = ds.files[f], [g for _, g in run]
+
+        def read_rest() -> None:  # the groups of `todo` not read yet; after a transient error, again
+            nonlocal filled
+            with _open_parquet(fs, _fs_path(info.path)) as pf:
+                while todo:
+                    filled += _read_group(pf, ds, info, todo[0], nonfinite, X[filled:], y[filled:])
+                    todo.pop(0)
+                    pa.default_memory_pool().release_unused()  # peak: the shard + about one row group
+        with reraise(info.path):
+            retrying(read_rest)
     if filled == 0:
         raise DataError(f"{ds.uri}: no finite rows in row groups {list(groups)}")
     return X[:filled], y[:filled]

@@ -23,3 +23,15 @@ class TrainingError(MgdistError, RuntimeError):
 
 class NonFiniteError(TrainingError):
     """A worker's gradient or loss holds NaN or inf."""
+
+
+class BadMessage(TrainingError):
+    """A worker's answer cannot be right (its row count, its timing): a fault of that worker's code."""
+
+
+class Unreachable(CheckpointError):
+    """Storage still failed with transient errors after retrying: the checkpoint may be fine."""
+
+
+class SaveFailed(CheckpointError):
+    """A save failed (after retrying for its time budget); the checkpoints before it are intact."""

@@ -12,7 +12,7 @@ import ray
 from micrograd import optim
 from mgdist import link
 from mgdist.config import TrainConfig
-from mgdist.errors import NonFiniteError
+from mgdist.errors import BadMessage, NonFiniteError
 
 
 @dataclass
@@ -43,9 +43,10 @@ class ParameterServer:
     Its own step counter says which step comes next, so no step can be applied twice or
     skipped, whatever the driver retries."""
 
-    def __init__(self, config: TrainConfig, params: np.ndarray, total_steps: int, step: int = 0,
+    def __init__(self, config: TrainConfig, params: np.ndarray, total_steps: int, secret: link.Secret, step: int = 0,
                  optimizer_state: dict | None = None):
-        self.config, self.step = config, step
+        self.config, self.step, self.secret = config, step, secret
+        self.dropped: list[str] = []  # every peer that connected but was not let in, and why
         self.params = np.array(params, np.float32)
         self.opt = make_optimizer(config, params.size, total_steps)
         if optimizer_state is not None:
@@ -70,7 +71,7 @@ class ParameterServer:
         """
         timeout = self.config.step_timeout
         try:
-            if workers != self.workers:
+            if workers != self.workers or ray.wait(self.serving, timeout=0)[0]:  # new workers, or one's link timed out
                 self._connect(workers)
             received = [np.empty_like(self.params) for _ in workers]
             while self.step < stop:
@@ -81,6 +82,9 @@ class ParameterServer:
                     for w, (sock, grad) in enumerate(zip(self.links, received)):
                         self._await(sock, time.monotonic() + timeout)
                         rows, loss, seconds = link.recv(sock, grad)
+                        if not (0 <= rows <= batches[w] and rows == int(rows) and 0 <= seconds < float("inf")):
+                            raise BadMessage(f"step {self.step}: worker {w} sent {rows:g} rows and {seconds:g} s "
+                                             f"of compute, where it was asked for {batches[w]} rows")
                         answers.append((grad, int(rows), loss, seconds))
                 except TimeoutError:
                     self.late = (w,)
@@ -96,21 +100,21 @@ class ParameterServer:
 
     def _connect(self, workers: list) -> None:
         """A link to each worker: it connects to this server and serves steps until the link closes.
-        Links to other workers close first, which ends their serve() calls."""
+        Links to other workers close first, which ends their serve() calls. Peers that do not prove
+        they are this run's workers are dropped (link.accept), each noted in self.dropped."""
         self._disconnect()
-        host = ray.util.get_node_ip_address()
+        host, timeout = ray.util.get_node_ip_address(), self.config.step_timeout
         with socket.create_server((host, 0)) as listener:
-            listener.settimeout(self.config.step_timeout)
-            self.workers, self.links = list(workers), [None] * len(workers)
-            self.serving = [w.serve.remote(host, listener.getsockname()[1], i) for i, w in enumerate(workers)]
-            for _ in workers:
-                try:
-                    sock = link.configure(listener.accept()[0], self.config.step_timeout)
-                    self.links[int(link.recv(sock, np.empty(0, np.float32))[0])] = sock
-                except OSError:  # a timeout, or a worker gone before it said who it is
-                    missing = [i for i, s in enumerate(self.links) if s is None]
-                    self._raise_lost(missing, f"worker(s) {missing} did not connect within "
-                                              f"{self.config.step_timeout:g} s (--step-timeout)", wait=0)
+            self.workers = list(workers)
+            self.serving = [w.serve.remote(host, listener.getsockname()[1], i, self.secret) for i, w in enumerate(workers)]
+            self.links, dropped = link.accept(listener, self.secret, len(workers), time.monotonic() + timeout, timeout,
+                                              poll=lambda: ray.get(ray.wait(self.serving, timeout=0)[0]))
+        for line in dropped:
+            print(line, flush=True)  # to this actor's log
+        self.dropped += dropped
+        missing = [i for i, s in enumerate(self.links) if s is None]
+        if missing:
+            self._raise_lost(missing, f"worker(s) {missing} did not connect within {timeout:g} s (--step-timeout)", wait=0)
 
     def _await(self, sock: socket.socket, deadline: float) -> None:
         """Wait until `sock` has an answer; meanwhile, and once a second in any case, ask Ray
@@ -147,6 +151,8 @@ class ParameterServer:
         updates, so `step - opt.steps` is the number of skipped steps, in every saved state too.
         """
         rows = sum(r[1] for r in results)
+        if rows < 1:
+            raise BadMessage(f"step {self.step}: the workers sent {rows} rows in all")
         loss = sum(r[2] for r in results)
         seconds = [r[3] for r in results]
         self.compute_s[0] += max(seconds)

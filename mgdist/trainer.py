@@ -20,11 +20,12 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from micrograd.nn import flatten
-from mgdist import checkpoint, data
+from mgdist import checkpoint, data, link
 from mgdist.config import TrainConfig
-from mgdist.errors import CheckpointError, TrainingError
+from mgdist.errors import CheckpointError, SaveFailed, TrainingError
 from mgdist.evaluate import check_report_dir, write_report
 from mgdist.fleet import LOST, Fleet, ray_get, ship_by_value
+from mgdist.lease import Lease
 from mgdist.model import ModelSpec, Trained
 from mgdist.report import Progress, format_summary, write_json
 from mgdist.server import ParameterServer, ServerState, make_optimizer
@@ -114,24 +115,40 @@ def _restore(config: TrainConfig, ds: data.Dataset, model: dict, size: int) -> S
     return ServerState(manifest["step"], arrays["params"], optimizer)
 
 
-def _save(config: TrainConfig, ds: data.Dataset, model: dict, fleet: Fleet, state: ServerState) -> None:
+def _save(config: TrainConfig, ds: data.Dataset, model: dict, fleet: Fleet, state: ServerState, lease: Lease | None,
+          retry_s: float) -> None:
     arrays = {"params": state.params, **{f"opt.{k}": v for k, v in state.optimizer.items()}}
     meta = {"epoch": state.step / fleet.steps_per_epoch, "config": config.to_dict(),
             "dataset": ds.fingerprint(), "model": model,
             "data_order": {"seed": config.seed, "workers": len(fleet.actors), "shards": fleet.shards,
                            "batches": fleet.batches, "steps_per_epoch": fleet.steps_per_epoch}}
-    checkpoint.save(config.checkpoint_dir, state.step, arrays, meta, config.keep_checkpoints, config.storage)
+    checkpoint.save(config.checkpoint_dir, state.step, arrays, meta, config.keep_checkpoints, config.storage,
+                    lease, retry_s)
 
 
 def run(spec: ModelSpec, config: TrainConfig) -> TrainResult:
     """Train the model of `spec` as `config` says; print the summary and return the result.
-    Every actor it started is stopped when it returns, fails or is interrupted."""
+    Every actor it started is stopped, and the checkpoint directory's lease released, when it
+    returns, fails or is interrupted."""
     t_start = time.perf_counter()
     config.check()
     if config.data is None:
         raise TrainingError("no data: give a Parquet dataset (dir, file, glob, file:// or s3://)")
     if config.report:
         check_report_dir(config.report)  # before training, not after it
+    if not ray.is_initialized():
+        ray.init(address=config.address)
+    lease = Lease(config.checkpoint_dir, config.storage) if config.checkpoint_dir else None
+    took_over = lease and lease.acquire(take_over=config.resume)  # a second run on the directory stops here
+    try:
+        return _run(spec, config, lease, took_over, t_start)
+    finally:
+        if lease:
+            lease.release()
+
+
+def _run(spec: ModelSpec, config: TrainConfig, lease: Lease | None, took_over: str | None,
+         t_start: float) -> TrainResult:
     if not ray.is_initialized():
         ray.init(address=config.address)
     ds = data.discover(config.data, config.features, config.target, config.storage)
@@ -144,7 +161,7 @@ def run(spec: ModelSpec, config: TrainConfig) -> TrainResult:
     fleet, servers = Fleet(spec, config, ds), []
     try:
         fleet.start()
-        state, summary = _train(config, ds, described, fleet, state, servers)
+        state, summary = _train(config, ds, described, fleet, state, servers, lease, took_over)
     finally:
         fleet.stop()
         for server in servers:
@@ -161,7 +178,7 @@ def run(spec: ModelSpec, config: TrainConfig) -> TrainResult:
 
 
 def _train(config: TrainConfig, ds: data.Dataset, model: dict, fleet: Fleet, state: ServerState,
-           servers: list) -> tuple[ServerState, dict[str, Any]]:
+           servers: list, lease: Lease | None, took_over: str | None) -> tuple[ServerState, dict[str, Any]]:
     """The step loop from `state` to the last step, then the validation figures: (final state, summary).
     Every parameter server it starts is appended to `servers`, for the caller to stop."""
     spe = fleet.steps_per_epoch
@@ -172,20 +189,24 @@ def _train(config: TrainConfig, ds: data.Dataset, model: dict, fleet: Fleet, sta
         servers.append(ray.remote(ParameterServer).options(
             num_cpus=0, scheduling_strategy=here, name=f"mgdist-server-{uuid.uuid4().hex[:8]}",
             max_concurrency=2).remote(  # run() and progress()
-            config, s.params, total, s.step, s.optimizer))
+            config, s.params, total, secret, s.step, s.optimizer))
         return servers[-1]
 
+    secret = link.Secret.new()  # for the server's links to its workers: handed over by Ray only
     server = new_server(state)
     ray_get(server.state.remote())  # started, so the clock below measures training alone
     progress = Progress(total, state.step, config.batch_size, spe, config.metrics)
     progress.log(f"{ds.rows:,} rows x {len(ds.features)} features in {len(ds.files)} files; {len(fleet.actors)} "
                  f"workers on {sorted({i.node + '/' + i.arch for i in fleet.info})}; steps {state.step}"
                  f"..{total} of {config.batch_size} rows ({spe} per epoch)")
+    if took_over:
+        progress.log(took_over)
     if config.balance == "speed" and len(fleet.actors) > 1:
         progress.log("measured speeds (rows/s): " + ", ".join(f"{s:,.0f}" for s in fleet.speeds)
                      + f"; rows per step: {fleet.batches}")
 
     failures, skips_logged = 0, set()
+    saved = state.step if config.resume and state.step else None  # the newest step safely saved
     try:
         while state.step < total:
             stop = _next_stop(state.step, total, config)
@@ -214,8 +235,18 @@ def _train(config: TrainConfig, ds: data.Dataset, model: dict, fleet: Fleet, sta
                     progress.log(message)
                     skips_logged.add(message)
             progress.update(stop, train_loss=state.train_loss)
+            if lease:
+                lease.keep_alive()
             if config.checkpoint_dir and (stop == total or config.checkpoint_every and stop % config.checkpoint_every == 0):
-                _save(config, ds, model, fleet, state)
+                try:  # a save held up for longer than a step may take is given up until the next one
+                    _save(config, ds, model, fleet, state, lease,
+                          checkpoint.FINAL_SAVE_S if stop == total else config.step_timeout)
+                    saved = stop
+                except SaveFailed as e:
+                    if stop == total:
+                        raise SaveFailed(f"{e}; the newest step safely saved is "
+                                         f"{saved if saved is not None else 'none'}") from None
+                    progress.log(f"{e}; training goes on, the next save tries again")
     finally:
         progress.close()
     loop_s = time.perf_counter() - progress.t0  # the compute seconds are this server's steps': fewer after a loss

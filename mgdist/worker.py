@@ -115,14 +115,13 @@ class Worker:
         grad, loss = self._grad_sum(rows)
         return grad, len(rows), loss, time.perf_counter() - t
 
-    def serve(self, host: str, port: int, index: int) -> None:
-        """Connect to the parameter server at host:port as its worker `index`, then compute each
-        step it sends (weights, step, rows, steps per epoch) and answer with grad()'s result,
-        until the server closes the link."""
+    def serve(self, host: str, port: int, index: int, secret: link.Secret) -> None:
+        """Connect to the parameter server at host:port as its worker `index` (proved with the run's
+        secret), then compute each step it sends (weights, step, rows, steps per epoch) and answer
+        with grad()'s result, until the server closes the link or sends nothing for --step-timeout."""
         weights = np.empty_like(self.grads.params)
-        with link.connect(host, port, timeout=self.config.step_timeout) as sock:
+        with link.connect(host, port, secret, index, timeout=self.config.step_timeout) as sock:
             try:
-                link.send(sock, (index, 0, 0), np.empty(0, np.float32))
                 while True:
                     step, batch, steps_per_epoch = link.recv(sock, weights)
                     grad, rows, loss, seconds = self.grad(weights, int(step), int(batch), int(steps_per_epoch))

@@ -17,13 +17,15 @@ from pathlib import Path
 KEY, SECRET, BUCKET = "mgdist-key", "mgdist-secret", "mgdist"
 
 
-@dataclass(frozen=True)
+@dataclass
 class S3Server:
     endpoint: str
     key: str
     secret: str
     bucket: str
     process: subprocess.Popen
+    workdir: Path
+    ports: list[int]  # the S3 port first: start_again() reuses them all, and the data dir
 
     def env(self) -> dict[str, str]:
         """The standard AWS variables that point a client at this server."""
@@ -55,9 +57,16 @@ def start(workdir: Path, timeout: float = 60.0, attempts: int = 3) -> S3Server:
     `weed mini` takes its ports as numbers (0 is not "any"), so they are found free first and
     another process may take one before it binds: then it exits, and it starts again on new ones.
     """
+    workdir.mkdir(parents=True, exist_ok=True)
+    config = workdir / "identities.json"
+    config.write_text(json.dumps({"identities": [{"name": "test", "credentials": [
+        {"accessKey": KEY, "secretKey": SECRET}], "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
     for attempt in range(attempts):
+        ports = _free_ports(2 * len(COMPONENTS))
+        server = S3Server(f"http://127.0.0.1:{ports[0]}", KEY, SECRET, BUCKET, None, workdir, ports)
         try:
-            return _start(workdir, timeout)
+            start_again(server, timeout)
+            return server
         except ExitedEarly:
             if attempt == attempts - 1:
                 raise
@@ -67,31 +76,30 @@ class ExitedEarly(RuntimeError):
     """The server exited while starting (e.g. a port it was given was taken meanwhile)."""
 
 
-def _start(workdir: Path, timeout: float) -> S3Server:
+COMPONENTS = ["s3", "master", "volume", "filer", "admin"]
+
+
+def start_again(server: S3Server, timeout: float = 60.0) -> None:
+    """(Re)start `server`'s process on its ports and data dir; wait until it takes a PUT."""
     import s3fs
-    workdir.mkdir(parents=True, exist_ok=True)
-    config = workdir / "identities.json"
-    config.write_text(json.dumps({"identities": [{"name": "test", "credentials": [
-        {"accessKey": KEY, "secretKey": SECRET}], "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
-    components = ["s3", "master", "volume", "filer", "admin"]
-    ports = _free_ports(2 * len(components))
-    port_flags = [f"-{c}.port={p}" for c, p in zip(components, ports)]
-    port_flags += [f"-{c}.port.grpc={p}" for c, p in zip(components, ports[len(components):])]
+    workdir, ports = server.workdir, server.ports
+    port_flags = [f"-{c}.port={p}" for c, p in zip(COMPONENTS, ports)]
+    port_flags += [f"-{c}.port.grpc={p}" for c, p in zip(COMPONENTS, ports[len(COMPONENTS):])]
     with open(workdir / "weed.log", "ab") as log:
-        process = subprocess.Popen(
+        server.process = subprocess.Popen(
             [_weed(), "mini", f"-dir={workdir / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
              "-admin.ui=false", "-webdav=false", "-master.telemetry=false", "-s3.port.iceberg=0",
-             "-s3.port.lance=0", "-s3.autoCreateBucket=false", f"-s3.config={config}", f"-bucket={BUCKET}", *port_flags],
+             "-s3.port.lance=0", "-s3.autoCreateBucket=false", f"-s3.config={workdir / 'identities.json'}",
+             f"-bucket={BUCKET}", *port_flags],
             stdout=log, stderr=subprocess.STDOUT)
-    server = S3Server(f"http://127.0.0.1:{ports[0]}", KEY, SECRET, BUCKET, process)
     fs = s3fs.S3FileSystem(key=KEY, secret=SECRET, endpoint_url=server.endpoint, skip_instance_cache=True)
     deadline = time.monotonic() + timeout
     while True:
         try:
             fs.pipe(f"{BUCKET}/.ready", b"")
-            return server
+            return
         except Exception as e:  # not up yet: connection refused, no volume yet, ...
-            if process.poll() is not None:
+            if server.process.poll() is not None:
                 raise ExitedEarly(f"S3 server exited while starting ({e}); see {workdir / 'weed.log'}") from e
             if time.monotonic() > deadline:
                 stop(server)

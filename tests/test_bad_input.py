@@ -142,7 +142,8 @@ def test_unreadable_checkpoint_directory(ray_address, good, saved):
                       *SMALL, prefix=["setpriv", "--bounding-set=-dac_override,-dac_read_search"])
     finally:
         saved.chmod(0o755)
-    assert one_error_line(out) == f"error: cannot list checkpoints in {saved}: [Errno 13] Permission denied: '{saved}'"
+    assert one_error_line(out) == (f"error: cannot claim {saved} (_lease.json): [Errno 13] Permission denied: "
+                                   f"'{saved}/_lease.lock'")  # the run's first touch of the directory
     assert contents(saved) == before
 
 
@@ -158,7 +159,7 @@ def test_s3_permission_denied(ray_address, good, s3_env):
     for resume in ([], ["--resume"]):
         line = one_error_line(run_job("--data", str(good[0]), "--checkpoint-dir", ckpt, *resume,
                                       "--address", ray_address, *SMALL, env=env))
-        assert line == f"error: cannot list checkpoints in {ckpt}: Forbidden"
+        assert line == f"error: cannot claim {ckpt} (_lease.json): Forbidden"  # the run's first touch of it
     assert {p: fs.cat(p) for p in fs.ls(ckpt.removeprefix("s3://"))} == before
     line = one_error_line(run_job("--data", f"s3://{s3_env.bucket}/no-such-data", "--address", ray_address, *SMALL,
                                   env=env))

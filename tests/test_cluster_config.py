@@ -72,3 +72,15 @@ def test_aws_mixes_archs_with_x86_head_and_private_dashboard():
     assert "--dashboard-host=127.0.0.1" in start and "0.0.0.0" not in start
     # every node installs the Ray these tests (and the local `ray` CLI) run
     assert f'"ray[default]=={ray.__version__}"' in " ".join(config["setup_commands"])
+
+
+def test_aws_turns_rays_token_auth_on_with_one_token_file_everywhere():
+    config = load(CLUSTER / "aws.yaml")
+    token = "~/.ray/mgdist_auth_token"
+    assert config["file_mounts"][token] == token
+    for commands in (config["head_start_ray_commands"], config["worker_start_ray_commands"]):
+        start = next(c for c in commands if "ray start" in c)
+        assert f"RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH={token} ray start" in " ".join(start.split())
+    readme = (CLUSTER / "README.md").read_text()
+    assert f"export RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH={token}" in readme and "RAY_AUTH_MODE=disabled" not in \
+        readme.split("## Local AArch64 node")[0]

@@ -150,7 +150,7 @@ def test_bad_paths_and_empty_datasets(tmp_path):
         discover(str(path))
     (tmp_path / "text" / "a.parquet").parent.mkdir()
     (tmp_path / "text" / "a.parquet").write_text("x,y\n1,2\n")
-    with pytest.raises(DataError, match=f"^{tmp_path}/text: .*not a parquet file"):
+    with pytest.raises(DataError, match=f"^{tmp_path}/text/a.parquet: .*not a parquet file"):
         discover(str(tmp_path / "text"))
 
 
@@ -273,3 +273,29 @@ def test_s3_wrong_secret_missing_bucket_and_anonymous_access(s3_env, monkeypatch
         monkeypatch.delenv(name)
     with pytest.raises(DataError, match=f"^{uri}: Unable to locate credentials$"):
         discover(uri)
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_walks_and_globs_skip_what_is_not_the_datasets_parquet(where, tmp_path, request):
+    """Spark's _SUCCESS and _temporary/, hidden files, other files: left out, as pyarrow datasets do."""
+    import fsspec
+    if where == "local":
+        fs, root = fsspec.filesystem("file", auto_mkdir=True), str(tmp_path / "out")
+        prefix = ""
+    else:
+        s3 = request.getfixturevalue("s3_env")
+        from mgdist.data import filesystem
+        fs, root = filesystem(f"s3://{s3.bucket}/listing-{tmp_path.name}")
+        prefix = "s3://"
+    table = pa.table({"f0": np.arange(4.0), "y": np.arange(4.0)})
+    dataset = ["part-0.parquet", "sub/part-1.parquet"]
+    others = ["_SUCCESS", "_temporary/0/part-0.parquet", ".part-2.parquet", "sub/_part-3.parquet",
+              "sub/.hidden/part-4.parquet", "notes.txt", "part-5.parquet.crc"]
+    for name in dataset + others:
+        with fs.open(f"{root}/{name}", "wb") as f:
+            pq.write_table(table, f)
+    found = lambda uri: [f.path.removeprefix(f"{prefix}{root}/") for f in discover(uri, features="f0").files]  # noqa: E731
+    assert found(f"{prefix}{root}") == dataset
+    assert found(f"{prefix}{root}/*.parquet") == ["part-0.parquet"]
+    assert found(f"{prefix}{root}/sub/*.parquet") == ["sub/part-1.parquet"]
+    assert found(f"{prefix}{root}/**/*.parquet") == dataset

@@ -379,3 +379,43 @@ def test_nodes_removed_mid_run_are_replaced_or_the_shards_replanned(dataset, tmp
     assert run.summary["workers"] == 2 and run.summary["failures_survived"] == 2
     _, manifest = checkpoint.load(str(tmp_path / "ckpt"), steps)
     assert manifest["data_order"]["workers"] == 2
+
+
+def test_s3_down_mid_run_with_checkpoints_on_s3_ends_as_the_uninterrupted_run(ray_address, dataset, reference,
+                                                                               own_s3_env, tmp_path):
+    """The S3 server holding the checkpoints stops mid-run and starts again: saves during the
+    outage fail in one line each and training goes on; the final save waits for the server."""
+    import s3server
+    ckpt = f"s3://{own_s3_env.bucket}/outage-run"
+    args = job_args(dataset, ckpt, "--address", ray_address, "--checkpoint-every", "20")
+    args[args.index("--step-timeout") + 1] = "3"  # an intermediate save retries for as long
+    run = Driver(tmp_path, args)
+    run.wait_until(lambda: run.step() >= 20, "step 20")
+    s3server.stop(own_s3_env)
+    stopped_at = run.step()
+    down = run.wait_until(lambda: "training goes on, the next save tries again" in run.log, "a save given up", 120)
+    time.sleep(3)
+    s3server.start_again(own_s3_env)
+    assert run.finish() == 0, run.log
+    failed = [line for line in run.log.splitlines() if "training goes on" in line]
+    print(f"S3 stopped at step {stopped_at}; saves given up: {len(failed)}; first: {failed[0]}")
+    assert down and failed[0].startswith("cannot write checkpoint ") and "EndpointConnectionError" in failed[0]
+    assert run.summary["failures_survived"] == 0
+    assert_same_as_reference(final_params(ckpt), reference)
+
+
+def test_a_second_run_on_the_same_checkpoint_dir_stops_at_once_naming_the_owner(ray_address, dataset, tmp_path):
+    first = Driver(tmp_path / "first", job_args(dataset, tmp_path / "ckpt", "--address", ray_address, "--steps", "60"))
+    first.wait_until(lambda: first.step() >= 10, "step 10")
+    os.kill(first.process.pid, signal.SIGSTOP)  # held mid-run (alive, its lease valid) while the second starts
+    try:
+        second = Driver(tmp_path / "second", job_args(dataset, tmp_path / "ckpt", "--address", ray_address))
+        assert second.finish(timeout=60) == 2, second.log
+    finally:
+        os.kill(first.process.pid, signal.SIGCONT)
+    errors = [line for line in second.log.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and errors[0].startswith(f"error: {tmp_path / 'ckpt'} is in use by run ")
+    assert f"(pid {first.process.pid})" in errors[0], errors
+    assert first.finish() == 0, first.log  # undisturbed
+    assert checkpoint.steps(str(tmp_path / "ckpt")) == [40, 60]
+    assert not (tmp_path / "ckpt" / "_lease.json").exists()  # released at the end
