@@ -118,11 +118,11 @@ class Value:
             return d
         return np.empty(shape, DTYPE)
 
-    def scratch(self, key: int, shape: tuple) -> np.ndarray:
-        """A work array of this node's backward (key tells several apart), reused across steps."""
-        s = self._scratch.get(key)
-        if s is None or s.shape != shape:
-            s = self._scratch[key] = np.empty(shape, DTYPE)
+    def scratch(self, key: int, shape: tuple, dtype=None) -> np.ndarray:
+        """A work array of this node's (key tells several apart; DTYPE unless `dtype`), reused across steps."""
+        s, dtype = self._scratch.get(key), DTYPE if dtype is None else dtype
+        if s is None or s.shape != shape or s.dtype != dtype:
+            s = self._scratch[key] = np.empty(shape, dtype)
         return s
 
     def add_grad(self, g: np.ndarray) -> None:

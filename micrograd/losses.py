@@ -27,7 +27,8 @@ def pinball(pred: Value, target: Value, levels: Sequence[float]) -> Value:
             raise ValueError(f"pinball: prediction shape {pred.data.shape} does not match "
                              f"{y.shape[0]} targets x {q.size} quantile levels")
         diff = np.subtract(y, pred.data, out=out.scratch(1, pred.data.shape))  # reused across steps
-        slope = np.subtract(q, diff < 0, dtype=engine.DTYPE)
+        below = np.less(diff, 0, out=out.scratch(2, diff.shape, bool))
+        slope = np.subtract(q, below, out=out.scratch(3, diff.shape))
         out.data = np.asarray(np.vdot(diff, slope) / diff.size, dtype=engine.DTYPE)
 
     def pinball_backward():
