@@ -8,7 +8,8 @@ has); micrograd on one full batch per step (the graph as written); micrograd's G
 installed PyTorch eager and torch.compile, JAX jit (a Python loop of steps, and lax.scan over
 the epoch) and TensorFlow tf.function. Every contender starts from the same weights and sees
 the same batches; compilation is done before timing. Prints the median epoch time, its ratio to
-the NumPy loop (median and range over rounds) and the loss of the last batch.
+the faster of the two NumPy loops in the same round (median and range over rounds: on a loaded
+machine OpenBLAS's 2 threads can be many times slower than 1) and the loss of the last batch.
 
     python bench/engine.py [--rows 2359296] [--batches 4096,65536] [--rounds 5] [--only micrograd,numpy]
 Install the contenders with `pip install -e .[bench]`.
@@ -258,7 +259,7 @@ def tensorflow_contenders(X, y, size) -> list[Contender]:
 
 
 def contenders(X, y, size, only: list[str]) -> list[Contender]:
-    """Every contender (those whose name has one of the fragments `only`, if any, and the baseline)."""
+    """Every contender (those whose name has one of the fragments `only`, if any, and the NumPy loops)."""
     out = [Contender("NumPy loop (2 BLAS threads)", CPUS, numpy_loop(X, y, size)),
            Contender("NumPy loop (1 BLAS thread)", 1, numpy_loop(X, y, size)),
            Contender("micrograd, whole batch", CPUS, micrograd_full(X, y, size)),
@@ -272,7 +273,7 @@ def contenders(X, y, size, only: list[str]) -> list[Contender]:
             out += kind(X, y, size)
         except Exception as e:  # not installed, or fails to load here: say so and go on
             print(f"  ({library} skipped: {type(e).__name__}: {str(e)[:100]})")
-    return [c for i, c in enumerate(out) if i == 0 or not only or any(s.lower() in c.name.lower() for s in only)]
+    return [c for c in out if c.name.startswith("NumPy loop") or not only or any(s.lower() in c.name.lower() for s in only)]
 
 
 def main() -> None:
@@ -280,23 +281,24 @@ def main() -> None:
     p.add_argument("--rows", type=int, default=2_359_296)
     p.add_argument("--batches", default="4096,65536")
     p.add_argument("--rounds", type=int, default=5, help="interleaved rounds; the median is reported")
-    p.add_argument("--only", default="", help="comma-separated name fragments: run only matching contenders (and the baseline)")
+    p.add_argument("--only", default="", help="comma-separated name fragments: run only matching contenders (and the NumPy loops)")
     args = p.parse_args()
     rng = np.random.default_rng(1)
     X = rng.standard_normal((args.rows, FEATURES), dtype=np.float32)
     y = (X[:, 0] + np.sin(X[:, 1]) + rng.standard_normal(args.rows, dtype=np.float32)).astype(np.float32)
-    print(f"{args.rows:,} rows x {FEATURES} features, {CPUS} CPUs, {args.rounds} interleaved rounds, "
-          f"ratios to the NumPy loop with {CPUS} BLAS threads (median, and min-max over rounds)")
+    print(f"{args.rows:,} rows x {FEATURES} features, {CPUS} CPUs, {args.rounds} interleaved rounds; ratios to the "
+          f"faster NumPy loop of each round (median, and min-max over rounds); load average {os.getloadavg()[0]:.1f}")
     for size in (int(s) for s in args.batches.split(",")):
         field = contenders(X, y, size, [s for s in args.only.split(",") if s])
-        for _ in range(args.rounds):
+        for _ in range(args.rounds):  # every contender once per round
             for c in field:
                 with threadpool_limits(limits=c.blas, user_api="blas") if c.blas else threadpool_limits(limits=None):
                     t = time.perf_counter()
                     c.loss = c.epoch()
                     c.times.append(time.perf_counter() - t)
-        base = np.array(field[0].times)
-        print(f"batch {size:,} ({len(X) // size} steps)")
+        numpy = [c for c in field if c.name.startswith("NumPy loop")]
+        base = np.min([c.times for c in numpy], axis=0)  # each round's faster NumPy loop
+        print(f"batch {size:,} ({len(X) // size} steps; load average now {os.getloadavg()[0]:.1f})")
         for c in field:
             t = np.array(c.times)
             r = t / base
