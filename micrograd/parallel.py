@@ -31,7 +31,7 @@ class Replica:
 
     def __init__(self, model: Any, grads: np.ndarray):
         self.model, self.grads = model, grads
-        self.total = np.zeros_like(grads)
+        self.total, self.scaled = np.zeros_like(grads), np.empty_like(grads)
         self.fed: dict[str, np.ndarray] = {}  # rows gathered for a pass, reused across passes
 
     def gather(self, feeds: dict[str, np.ndarray], rows: np.ndarray) -> dict[str, np.ndarray]:
@@ -54,7 +54,7 @@ class Replica:
             fed = {name: a[lo:hi] for name, a in feeds.items()} if rows is None else self.gather(feeds, rows[lo:hi])
             loss += float(self.model.loss.forward(**fed)) * (hi - lo)
             self.model.loss.backward()
-            self.total += self.grads * np.float32(hi - lo)
+            self.total += np.multiply(self.grads, np.float32(hi - lo), out=self.scaled)
         return loss
 
 
