@@ -30,6 +30,18 @@ def unbroadcast(grad: np.ndarray, shape: tuple) -> np.ndarray:
     return grad.sum(axis=tuple(range(lead)) + stretched, keepdims=True).reshape(shape)
 
 
+_ones = np.ones(0, DTYPE)
+
+
+def ones(n: int) -> np.ndarray:
+    """A read-only vector of n ones in DTYPE (a view of one cached array)."""
+    global _ones
+    if len(_ones) < n or _ones.dtype != DTYPE:
+        _ones = np.ones(max(n, 2 * len(_ones)), DTYPE)
+        _ones.flags.writeable = False
+    return _ones[:n]
+
+
 def lift(x) -> Value:
     """A Value as it is; anything else (scalar, array) as a constant Value."""
     return x if isinstance(x, Value) else Value(x, requires_grad=False)
@@ -38,26 +50,41 @@ def lift(x) -> Value:
 class Value:
     """A node of a graph: an array (`data`), its gradient (`grad`) and how both are computed."""
 
-    __slots__ = ("data", "grad", "parents", "op", "name", "spec", "requires_grad",
-                 "_forward", "_backward", "_order", "_feeds", "_pass", "_grad_owned", "_scratch")
+    __slots__ = ("data", "grad", "parents", "op", "name", "spec", "kind", "requires_grad",
+                 "_forward", "_backward", "_order", "_feeds", "_fresh", "_grad_owned", "_scratch")
     __array_ufunc__ = None  # make `ndarray + Value` call Value.__radd__
-    _passes = 0  # backward passes run so far; a node's grad is fresh when its _pass matches
 
     def __init__(self, data=None, requires_grad: bool = True, name: str = "", op: str = ""):
         self.data = None if data is None else np.array(data, dtype=DTYPE)
         self.requires_grad = requires_grad
         self.grad = np.zeros_like(self.data) if requires_grad and data is not None else None
         self.parents: tuple[Value, ...] = ()
-        self.op, self.name, self.spec = op, name, None
+        self.op, self.name, self.spec, self.kind = op, name, None, "f"
         self._forward = self._backward = None
         self._order = self._feeds = None
-        self._pass, self._grad_owned, self._scratch = 0, False, {}
+        self._fresh, self._grad_owned, self._scratch = False, False, {}
 
     @classmethod
-    def placeholder(cls, name: str, shape: Sequence[int | None]) -> Value:
-        """A named input, fed by `forward(name=array)`; a None in `shape` accepts any size."""
+    def placeholder(cls, name: str, shape: Sequence[int | None], integer: bool = False) -> Value:
+        """A named input, fed by `forward(name=array)`; a None in `shape` accepts any size.
+        An `integer` placeholder (class labels, embedding indices) takes integers and keeps them
+        as int64; any other takes numbers and holds them in DTYPE."""
         v = cls(requires_grad=False, name=name, op="placeholder")
-        v.spec = tuple(shape)
+        v.spec, v.kind = tuple(shape), "i" if integer else "f"
+        return v
+
+    @classmethod
+    def indices(cls, index) -> Value:
+        """An integer Value as it is, or a constant Value of integer array `index` (kept int64)."""
+        if isinstance(index, Value):
+            if index.kind != "i":
+                raise ValueError(f"indices: {index!r} holds floats; make it Value.placeholder(..., integer=True)")
+            return index
+        arr = np.asarray(index)
+        if arr.dtype.kind not in "iu":
+            raise ValueError(f"indices: need an integer array, got dtype {arr.dtype}")
+        v = cls(requires_grad=False)
+        v.data, v.kind = arr.astype(np.int64, copy=False), "i"
         return v
 
     def __repr__(self) -> str:
@@ -91,11 +118,11 @@ class Value:
             return d
         return np.empty(shape, DTYPE)
 
-    def scratch(self, key: int, shape: tuple) -> np.ndarray:
-        """A work array of this node's backward (key tells several apart), reused across steps."""
-        s = self._scratch.get(key)
-        if s is None or s.shape != shape:
-            s = self._scratch[key] = np.empty(shape, DTYPE)
+    def scratch(self, key: int, shape: tuple, dtype=None) -> np.ndarray:
+        """A work array of this node's (key tells several apart; DTYPE unless `dtype`), reused across steps."""
+        s, dtype = self._scratch.get(key), DTYPE if dtype is None else dtype
+        if s is None or s.shape != shape or s.dtype != dtype:
+            s = self._scratch[key] = np.empty(shape, dtype)
         return s
 
     def add_grad(self, g: np.ndarray) -> None:
@@ -103,8 +130,8 @@ class Value:
         if g.shape != self.data.shape:
             g = unbroadcast(g, self.data.shape)
         parameter = not (self.parents or self.op)  # its grad is written in place: it may be a view
-        if self._pass != Value._passes:  # first contribution in this backward pass
-            self._pass = Value._passes
+        if not self._fresh:              # first contribution in this backward pass
+            self._fresh = True
             if parameter:
                 np.copyto(self.grad, g)
             else:                        # op node: keep g itself, copy only if a second one comes
@@ -148,20 +175,28 @@ class Value:
     def feed(self, value) -> None:
         """Set a placeholder's data, checking rank, sizes and dtype against its declared shape."""
         arr = np.asarray(value)
-        if arr.dtype.kind not in "biuf":
-            raise ValueError(f"placeholder {self.name!r}: cannot feed data of dtype {arr.dtype}")
+        if self.kind == "i" and arr.dtype.kind == "f":  # labels read as floats, like any target column
+            whole = arr.astype(np.int64)
+            if (whole != arr).any():
+                raise ValueError(f"placeholder {self.name!r} takes integers, got {arr[whole != arr][0]}")
+            arr = whole
+        if arr.dtype.kind not in ("iu" if self.kind == "i" else "biuf"):
+            want = "integers" if self.kind == "i" else "numbers"
+            raise ValueError(f"placeholder {self.name!r} takes {want}: cannot feed data of dtype {arr.dtype}")
         if arr.ndim != len(self.spec) or any(s is not None and s != n for s, n in zip(self.spec, arr.shape)):
             want = "(" + ", ".join("None" if s is None else str(s) for s in self.spec) + ")"
             raise ValueError(f"placeholder {self.name!r} expects shape {want}, got {arr.shape}")
-        self.data = arr if arr.dtype == DTYPE else arr.astype(DTYPE)
+        dtype = np.int64 if self.kind == "i" else DTYPE
+        self.data = arr if arr.dtype == dtype else arr.astype(dtype)
 
     def backward(self) -> None:
         """Gradients of this node's data (of its sum, if not scalar) for every node that needs one."""
         order = self.topo()
-        Value._passes += 1
+        for v in order:  # per graph, not a global count: graphs in other threads run their own passes
+            v._fresh = False
         self.add_grad(np.ones_like(self.data))
         for v in reversed(order):
-            if v._backward is not None and v.requires_grad and v._pass == Value._passes:
+            if v._backward is not None and v.requires_grad and v._fresh:
                 v._backward()
 
     # ---- elementwise binary ops (NumPy broadcasting) ----
@@ -319,12 +354,14 @@ class Value:
         def affine_backward():
             g = out.grad
             rows = g.reshape(-1, g.shape[-1])
-            if x.requires_grad:
-                x.add_grad(np.matmul(g, W.data.T, out=out.scratch(0, x.data.shape)))
+            if x.requires_grad:  # BLAS multiplies by a contiguous copy of W.T faster than by the view
+                Wt = out.scratch(3, W.data.shape[::-1])
+                np.copyto(Wt, W.data.T)
+                x.add_grad(np.matmul(g, Wt, out=out.scratch(0, x.data.shape)))
             if W.requires_grad:
                 W.add_grad(np.matmul(x.data.reshape(-1, x.data.shape[-1]).T, rows, out=out.scratch(1, W.data.shape)))
-            if b.requires_grad:
-                b.add_grad(rows.sum(axis=0, out=out.scratch(2, b.data.shape)))
+            if b.requires_grad:  # the column sums as a BLAS product with ones: faster than a reduction
+                b.add_grad(np.matmul(ones(len(rows)), rows, out=out.scratch(2, b.data.shape)))
         return out.define(affine_forward, affine_backward)
 
     def tensordot(self, other, axes=2) -> Value:
@@ -437,6 +474,38 @@ class Value:
             winners = (a.data == top).astype(a.data.dtype)
             a.add_grad(winners * (g / winners.sum(axis=axis, keepdims=True)))
         return out.define(max_forward, max_backward)
+
+    def logsumexp(self, axis: int | None = None, keepdims: bool = False) -> Value:
+        """log(sum(exp(x))) over `axis` (all elements when None), stable for any size of x."""
+        a = self
+        out = Value.node("logsumexp", a)
+
+        def logsumexp_forward():
+            out.data = np.asarray(stable_logsumexp(a.data, axis, keepdims))
+
+        def logsumexp_backward():  # d/dx = exp(x - logsumexp): the softmax along axis
+            top, g = out.data, out.grad
+            if not keepdims and axis is not None:
+                top, g = np.expand_dims(top, axis), np.expand_dims(g, axis)
+            share = np.subtract(a.data, top, out=out.scratch(0, a.data.shape))
+            np.exp(share, out=share)
+            a.add_grad(np.multiply(share, g, out=share))
+        return out.define(logsumexp_forward, logsumexp_backward)
+
+    def log_softmax(self, axis: int = -1) -> Value:
+        """x - logsumexp(x) along `axis`: log-probabilities, stable for any size of x."""
+        a = self
+        out = Value.node("log_softmax", a)
+
+        def log_softmax_forward():
+            out.data = np.subtract(a.data, stable_logsumexp(a.data, axis, keepdims=True), out=out.buffer(a.data.shape))
+
+        def log_softmax_backward():  # g - softmax * (sum of g along axis)
+            g = out.grad
+            d = np.exp(out.data, out=out.scratch(0, a.data.shape))
+            d *= g.sum(axis=axis, keepdims=True)
+            a.add_grad(np.subtract(g, d, out=d))
+        return out.define(log_softmax_forward, log_softmax_backward)
 
     def cumsum(self, axis: int | None = None) -> Value:
         """Running sum along `axis` (of the flattened array when None)."""
@@ -592,6 +661,36 @@ class Value:
         def arcsin_backward():
             a.add_grad(out.grad / np.sqrt(1 - a.data * a.data))
         return out.define(arcsin_forward, arcsin_backward)
+
+
+def stable_logsumexp(x: np.ndarray, axis: int | None = None, keepdims: bool = False) -> np.ndarray:
+    """NumPy log(sum(exp(x))) over `axis` with the max taken out first, so nothing overflows."""
+    top = x.max(axis=axis, keepdims=True)
+    top = np.where(np.isfinite(top), top, 0).astype(x.dtype, copy=False)  # all -inf: log(0) = -inf, not nan
+    with np.errstate(divide="ignore"):  # a row of only -inf: log(0) = -inf is the answer
+        lse = np.log(np.exp(x - top).sum(axis=axis, keepdims=True)) + top
+    return lse if keepdims else (lse.reshape(()) if axis is None else np.squeeze(lse, axis))
+
+
+def embedding(table: Value, index) -> Value:
+    """Rows of `table` (V, ...) picked by the integers `index` (any shape): out[i] = table[index[i]].
+    The backward adds each row's gradient into its table row (repeated indices add up)."""
+    idx = Value.indices(index)
+    out = Value.node("embedding", table, idx)
+
+    def embedding_forward():
+        i, rows = idx.data, table.data.shape[0]
+        if i.size and (i.min() < 0 or i.max() >= rows):
+            bad = i.min() if i.min() < 0 else i.max()
+            raise ValueError(f"embedding: index {bad} out of range for a table of {rows} rows")
+        out.data = np.take(table.data, i, axis=0, out=out.buffer(i.shape + table.data.shape[1:]))
+
+    def embedding_backward():
+        g = out.scratch(0, table.data.shape)
+        g.fill(0)
+        np.add.at(g, idx.data, out.grad)
+        table.add_grad(g)
+    return out.define(embedding_forward, embedding_backward)
 
 
 def _split_grad(g: np.ndarray, a: Value, b: Value, share_a: np.ndarray) -> None:

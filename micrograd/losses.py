@@ -1,4 +1,5 @@
-"""Losses: pinball (quantile) loss for many quantiles at once, mean squared error, cross-entropy."""
+"""Losses, each the mean over rows: pinball (quantile) loss for many quantiles at once, mean
+squared error, Huber, softmax cross-entropy, and binary cross-entropy on logits."""
 from __future__ import annotations
 
 from typing import Sequence
@@ -6,7 +7,7 @@ from typing import Sequence
 import numpy as np
 
 from micrograd import engine
-from micrograd.engine import Value, lift
+from micrograd.engine import Value, lift, minimum, stable_logsumexp
 
 
 def pinball(pred: Value, target: Value, levels: Sequence[float]) -> Value:
@@ -26,7 +27,8 @@ def pinball(pred: Value, target: Value, levels: Sequence[float]) -> Value:
             raise ValueError(f"pinball: prediction shape {pred.data.shape} does not match "
                              f"{y.shape[0]} targets x {q.size} quantile levels")
         diff = np.subtract(y, pred.data, out=out.scratch(1, pred.data.shape))  # reused across steps
-        slope = np.subtract(q, diff < 0, dtype=engine.DTYPE)
+        below = np.less(diff, 0, out=out.scratch(2, diff.shape, bool))
+        slope = np.subtract(q, below, out=out.scratch(3, diff.shape))
         out.data = np.asarray(np.vdot(diff, slope) / diff.size, dtype=engine.DTYPE)
 
     def pinball_backward():
@@ -38,42 +40,59 @@ def pinball(pred: Value, target: Value, levels: Sequence[float]) -> Value:
     return out.define(pinball_forward, pinball_backward)
 
 
-def mse(pred: Value, target: Value) -> Value:
-    """Mean squared error; a (n,) target is compared with a (n, 1) prediction column-wise."""
+def residual(pred: Value, target: Value) -> Value:
+    """pred - target; a (n,) target is compared with a (n, 1) prediction column-wise."""
     target = lift(target)
     if len(target.shape) == 1:  # pred.T puts the rows last; its shape is unknown in a lazy graph
-        return ((pred.T - target) ** 2).mean()
-    return ((pred - target) ** 2).mean()
+        return pred.T - target
+    return pred - target
 
 
-def cross_entropy(logits: Value, labels: Value) -> Value:
-    """Mean over rows of -log softmax(logits)[label], computed stably (the row's max subtracted).
+def mse(pred: Value, target: Value) -> Value:
+    """Mean squared error."""
+    return (residual(pred, target) ** 2).mean()
 
-    logits is (n, C); labels is (n,), holding the classes 0..C-1 (as floats, like any target);
-    labels get no gradient.
-    """
-    labels = lift(labels)
+
+def huber(pred: Value, target: Value, delta: float = 1.0) -> Value:
+    """Mean Huber loss: d^2/2 where |d| <= delta, else delta*(|d| - delta/2), for d = pred - target."""
+    if delta <= 0:
+        raise ValueError(f"huber: delta must be > 0, got {delta}")
+    size = residual(pred, target).abs()
+    inside = minimum(size, delta)  # = |d| up to delta: the quadratic part, the rest is linear
+    return (0.5 * inside * inside + delta * (size - inside)).mean()
+
+
+def binary_cross_entropy_with_logits(logits: Value, target: Value) -> Value:
+    """Mean of -y log(sigmoid(z)) - (1-y) log(1 - sigmoid(z)) = softplus(z) - y*z, for logits z
+    and targets y in [0, 1]; stable for logits of any size (softplus never overflows)."""
+    target = lift(target)
+    z = logits.T if len(target.shape) == 1 else logits  # as residual(): (n, 1) logits, (n,) targets
+    return (z.softplus() - z * target).mean()
+
+
+def cross_entropy(logits: Value, labels) -> Value:
+    """Mean over rows of -log softmax(logits)[label]: logits (n, C), labels (n,) integers in [0, C)
+    (an array, or an integer placeholder). Stable for logits of any size."""
+    labels = Value.indices(labels)
     out = Value.node("cross_entropy", logits, labels)
-    prob, picked = None, None  # softmax of each row and (rows, label) indices, kept from forward for backward
+    lse = None  # logsumexp of each row, kept from forward for backward
 
     def cross_entropy_forward():
-        nonlocal prob, picked
-        z, c = logits.data, labels.data
-        if z.ndim != 2 or c.shape != (z.shape[0],):
-            raise ValueError(f"cross_entropy: logits {z.shape} and labels {c.shape}: need (n, classes) and (n,)")
-        index = c.astype(np.int64)
-        if index.size and (index.min() < 0 or index.max() >= z.shape[1] or (index != c).any()):
-            bad = c[(index < 0) | (index >= z.shape[1]) | (index != c)][0]
-            raise ValueError(f"cross_entropy: labels must be integers in [0, {z.shape[1]}), got {bad}")
-        shifted = z - z.max(axis=1, keepdims=True)
-        log_norm = np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-        picked = (np.arange(len(index)), index)
-        out.data = np.asarray((log_norm[:, 0] - shifted[picked]).mean(), dtype=engine.DTYPE)
-        prob = np.exp(shifted - log_norm)
+        nonlocal lse
+        z, k = logits.data, labels.data
+        if z.ndim != 2 or k.shape != (z.shape[0],):
+            raise ValueError(f"cross_entropy: logits {z.shape} need to be (n, classes) and labels {k.shape} (n,)")
+        if k.size and (k.min() < 0 or k.max() >= z.shape[1]):
+            bad = k.min() if k.min() < 0 else k.max()
+            raise ValueError(f"cross_entropy: label {bad} out of range for {z.shape[1]} classes")
+        lse = stable_logsumexp(z, axis=1)
+        picked = np.take_along_axis(z, k[:, None], axis=1)
+        out.data = np.asarray((lse.sum() - picked.sum()) / len(k), dtype=engine.DTYPE)
 
-    def cross_entropy_backward():
-        if logits.requires_grad:
-            g = prob.copy()
-            g[picked] -= 1
-            logits.add_grad(g * (out.grad / len(g)))
+    def cross_entropy_backward():  # (softmax - one_hot(label)) / n
+        z, k = logits.data, labels.data
+        p = np.subtract(z, lse[:, None], out=out.scratch(0, z.shape))
+        np.exp(p, out=p)
+        p[np.arange(len(k)), k] -= 1
+        logits.add_grad(np.multiply(p, out.grad / len(k), out=p))
     return out.define(cross_entropy_forward, cross_entropy_backward)

@@ -6,7 +6,7 @@ from typing import Sequence
 import numpy as np
 
 from micrograd import engine
-from micrograd.engine import Value
+from micrograd.engine import Value, embedding
 
 ACTIVATIONS = ("tanh", "relu", "sigmoid", "softplus")
 
@@ -31,6 +31,20 @@ class Linear(Module):
         return [self.W] if self.b is None else [self.W, self.b]
 
 
+class Embedding(Module):
+    """A table of `count` vectors of `dim` numbers, drawn from N(0, 1) (as PyTorch does); called
+    with integer codes (n,) or (n, k), it returns their vectors (n, dim) or (n, k, dim)."""
+
+    def __init__(self, count: int, dim: int, rng: np.random.Generator):
+        self.table = Value(rng.standard_normal((count, dim)), name="table")
+
+    def __call__(self, codes) -> Value:
+        return embedding(self.table, codes)
+
+    def parameters(self) -> list[Value]:
+        return [self.table]
+
+
 class MLP(Module):
     """Linear layers with an activation between them (none after the last)."""
 
@@ -51,14 +65,22 @@ class MLP(Module):
         return [p for layer in self.layers for p in layer.parameters()]
 
 
-def flatten(params: Sequence[Value]) -> tuple[np.ndarray, np.ndarray]:
-    """Move every parameter's data and grad into views of two contiguous vectors; return them."""
+def flatten(params: Sequence[Value], data: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Move every parameter's data and grad into views of two contiguous vectors; return them.
+
+    With `data` (another flattening's weight vector, e.g. of a replica of the same model) the
+    parameters become views of it as they are, their own values dropped; grads get a new vector."""
     size = sum(p.data.size for p in params)
-    data, grad = np.empty(size, engine.DTYPE), np.zeros(size, engine.DTYPE)
+    if data is not None and (data.shape != (size,) or data.dtype != engine.DTYPE):
+        raise ValueError(f"flatten: the parameters need a {engine.DTYPE} vector of {size}, got {data.dtype} {data.shape}")
+    shared = data is not None
+    data = data if shared else np.empty(size, engine.DTYPE)
+    grad = np.zeros(size, engine.DTYPE)
     offset = 0
     for p in params:
         n, shape = p.data.size, p.data.shape
-        data[offset:offset + n] = p.data.ravel()
+        if not shared:
+            data[offset:offset + n] = p.data.ravel()
         p.data = data[offset:offset + n].reshape(shape)
         p.grad = grad[offset:offset + n].reshape(shape)
         offset += n

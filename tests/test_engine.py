@@ -1,6 +1,6 @@
 """micrograd.engine: every op's forward against NumPy and its gradient against central
 differences (float64) over many broadcasting cases; against torch autograd where installed;
-float32 kept end to end; static graphs over placeholders."""
+float32 kept end to end; static graphs over placeholders, integer placeholders included."""
 from __future__ import annotations
 
 import operator
@@ -14,7 +14,7 @@ from hypothesis.extra.numpy import arrays, mutually_broadcastable_shapes
 
 from gradcheck import float64  # noqa: F401 (a fixture)
 from gradcheck import assert_grads_match, assert_graph_dtype, check_grads, output_weights, torch_grads
-from micrograd import Value, concat, maximum, minimum, tensordot, where
+from micrograd import Value, concat, embedding, maximum, minimum, tensordot, where
 from micrograd.losses import mse, pinball
 
 LEVELS = [0.1, 0.5, 0.9]
@@ -201,6 +201,15 @@ def contract(axes, shapes) -> Case:
 
 
 MASK = np.array([[True], [False], [True]])
+CODES = np.array([3, 0, 3, 1, 3])            # repeated codes: their gradients must add up
+CODES_2D = np.array([[1, 1], [0, 4], [1, 2]])
+
+
+def logsumexp_reference(x, axis=None, keepdims=False):
+    """log(sum(exp(x))) as the formula says (fine for the small inputs of these cases)."""
+    return np.log(np.exp(x).sum(axis=axis, keepdims=keepdims))
+
+
 CASES = {
     "matmul 2d": Case(operator.matmul, ((3, 4), (4, 2))),
     "matmul batched": Case(operator.matmul, ((2, 3, 4), (2, 4, 5))),
@@ -266,6 +275,23 @@ CASES = {
                            lambda a, b, c: np.concatenate([a, b, c], axis=-1)),
     "concat with constant": Case(lambda a, b: concat([a, b, a], axis=1), ((3, 2), np.ones((3, 1))),
                                  lambda a, b: np.concatenate([a, b, a], axis=1)),
+    "logsumexp": Case(lambda a: a.logsumexp(), ((3, 4),), logsumexp_reference),
+    "logsumexp axis 1": Case(lambda a: a.logsumexp(axis=1), ((3, 4),), lambda a: logsumexp_reference(a, 1)),
+    "logsumexp axis 0 keepdims": Case(lambda a: a.logsumexp(axis=0, keepdims=True), ((2, 3, 4),),
+                                      lambda a: logsumexp_reference(a, 0, True)),
+    "logsumexp axis -1, broadcast input": Case(lambda a, b: (a + b).logsumexp(axis=-1), ((3, 1), (4,)),
+                                               lambda a, b: logsumexp_reference(a + b, -1)),
+    "log_softmax": Case(lambda a: a.log_softmax(), ((3, 4),), lambda a: a - logsumexp_reference(a, -1, True)),
+    "log_softmax axis 0": Case(lambda a: a.log_softmax(axis=0), ((3, 4),), lambda a: a - logsumexp_reference(a, 0, True)),
+    "log_softmax axis 1 of 3d": Case(lambda a: a.log_softmax(axis=1), ((2, 3, 4),),
+                                     lambda a: a - logsumexp_reference(a, 1, True)),
+    "log_softmax, broadcast input": Case(lambda a, b: (a * b).log_softmax(axis=-1), ((2, 1, 3), (4, 1)),
+                                         lambda a, b: a * b - logsumexp_reference(a * b, -1, True)),
+    "embedding": Case(lambda t: embedding(t, CODES), ((5, 3),), lambda t: t[CODES]),
+    "embedding 2d codes": Case(lambda t: embedding(t, CODES_2D), ((5, 3),), lambda t: t[CODES_2D]),
+    "embedding of a 3d table": Case(lambda t: embedding(t, CODES), ((4, 2, 3),), lambda t: t[CODES]),
+    "embedding, broadcast after": Case(lambda t, w: embedding(t, CODES_2D) * w, ((5, 3), (2, 1)),
+                                       lambda t, w: t[CODES_2D] * w),
     "affine": Case(Value.affine, ((5, 3), (3, 4), (4,)), lambda x, w, b: x @ w + b),
     "affine batched": Case(Value.affine, ((2, 5, 3), (3, 4), (4,)), lambda x, w, b: x @ w + b),
     "affine 1d": Case(Value.affine, ((3,), (3, 4), (4,)), lambda x, w, b: x @ w + b),
@@ -315,6 +341,9 @@ TORCH_CASES = {  # name: (case, the same in torch: fn(torch, *tensors))
                         lambda torch, a, b: torch.where(torch.tensor(MASK), a, b)),
     "concat axis -1": (CASES["concat axis -1"], lambda torch, a, b, c: torch.cat([a, b, c], -1)),
     "affine": (CASES["affine"], lambda torch, x, w, b: x @ w + b),
+    "logsumexp axis 1": (CASES["logsumexp axis 1"], lambda torch, a: torch.logsumexp(a, 1)),
+    "log_softmax axis 0": (CASES["log_softmax axis 0"], lambda torch, a: torch.log_softmax(a, 0)),
+    "embedding": (CASES["embedding"], lambda torch, t: torch.nn.functional.embedding(torch.tensor(CODES), t)),
     **{name: (Case(UNARY[name][0], ((2, 3),), domain=UNARY[name][2]), fn) for name, fn in {
         "relu": lambda torch, a: a.relu(), "exp": lambda torch, a: a.exp(), "log": lambda torch, a: a.log(),
         "log1p": lambda torch, a: a.log1p(), "sqrt": lambda torch, a: a.sqrt(), "abs": lambda torch, a: a.abs(),
@@ -411,6 +440,7 @@ def every_op(X: Value, y: Value, W: Value, b: Value) -> Value:
     u = maximum(u, u[:, ::-1] * 0.5) + minimum(u.relu(), 0.25) - where(WHERE_MASK, u, np.linspace(0, 1, 12))
     v = u.cumsum(axis=1).reshape(-1, 3, 4).transpose((0, 2, 1)).sum(axis=1) / 4.0    # (n, 3)
     extra = u.max(axis=1).mean() + u.mean(axis=0, keepdims=True).sum() + (v.T ** 2).log().sum(axis=0).mean()
+    extra = extra + u.logsumexp(axis=1).mean() + u.log_softmax(axis=0).mean() + embedding(W, [[2, 0], [2, 1]]).sum()
     return pinball(v, y, LEVELS) + mse(v, y) + 0.01 * extra
 
 
@@ -538,3 +568,57 @@ def test_parameter_grad_is_written_in_place():
     loss.backward()
     assert np.shares_memory(W.grad, flat) and np.any(flat[1:7] != 0)
     assert flat[0] == flat[7] == 0
+
+
+# ---- stability, and integer inputs ----
+
+@pytest.mark.usefixtures("float64")
+def test_logsumexp_and_log_softmax_are_stable_for_huge_and_minus_infinite_inputs():
+    small = np.array([[0.5, -1.0, 2.0], [1.5, 0.0, -0.5]])
+    for shift in (1000.0, -1000.0):  # exp overflows (or underflows to 0) without the max taken out
+        x = Value(small + shift)
+        np.testing.assert_allclose(x.logsumexp(axis=1).data, logsumexp_reference(small, 1) + shift, rtol=1e-12)
+        out = x.log_softmax(axis=1)
+        np.testing.assert_allclose(out.data, small - logsumexp_reference(small, 1, True), atol=1e-12)
+        (out * output_weights(out.shape)).sum().backward()
+        assert np.all(np.isfinite(x.grad))
+    ninf = Value(np.array([[-np.inf, -np.inf], [0.0, -np.inf]]))
+    np.testing.assert_array_equal(ninf.logsumexp(axis=1).data, [-np.inf, 0.0])
+
+
+@pytest.mark.usefixtures("float64")
+def test_embedding_through_an_integer_placeholder():
+    codes = Value.placeholder("codes", (None,), integer=True)
+    table = Value(np.random.default_rng(4).standard_normal((4, 2)))
+    out = embedding(table, codes)
+    loss = (out * output_weights((6, 2))).sum()
+    fed = np.array([2, 2, 0, 3, 2, 0])
+    assert_grads_match(loss, [table], codes=fed)
+    assert codes.data.dtype == np.int64
+    want = np.zeros((4, 2))
+    for i, c in enumerate(fed):  # the scatter-add written out: each row's weights into its code's row
+        want[c] += output_weights((6, 2))[i]
+    np.testing.assert_allclose(table.grad, want, rtol=1e-12)
+
+
+@pytest.mark.parametrize("bad", [np.array([0, 4]), np.array([-1, 0])], ids=["too large", "negative"])
+def test_embedding_index_out_of_range_names_it(bad):
+    codes = Value.placeholder("codes", (None,), integer=True)
+    out = embedding(Value(np.ones((4, 2))), codes)
+    with pytest.raises(ValueError, match=f"embedding: index {bad[0] if bad[0] < 0 else bad[1]} out of range.*4 rows"):
+        out.forward(codes=bad)
+
+
+def test_integer_placeholder_takes_whole_floats_and_refuses_others():
+    codes = Value.placeholder("codes", (None,), integer=True)
+    out = embedding(Value(np.arange(8.0).reshape(4, 2)), codes)
+    np.testing.assert_array_equal(out.forward(codes=np.array([3.0, 1.0], np.float32)), [[6, 7], [2, 3]])  # labels as read
+    assert codes.data.dtype == np.int64
+    with pytest.raises(ValueError, match=r"^placeholder 'codes' takes integers, got 1.5$"):
+        out.forward(codes=np.array([0.0, 1.5]))
+    with pytest.raises(ValueError, match="'codes' takes integers.*bool"):
+        out.forward(codes=np.array([True, False]))
+    with pytest.raises(ValueError, match="holds floats"):
+        embedding(Value(np.ones((4, 2))), Value.placeholder("x", (None,)))
+    with pytest.raises(ValueError, match="integer array"):
+        embedding(Value(np.ones((4, 2))), np.array([0.5]))

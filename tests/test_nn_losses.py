@@ -1,5 +1,5 @@
-"""micrograd.nn and micrograd.losses: pinball and MSE by hand and against finite differences
-(float64); an MLP with pinball loss against finite differences and torch autograd; float32
+"""micrograd.nn and micrograd.losses: pinball, MSE, Huber, softmax and binary cross-entropy by
+hand (formulas written here) and against finite differences (float64); an Embedding layer; an MLP with pinball loss against finite differences and torch autograd; float32
 end to end; one static graph fed batches of any size; parameters flattened into one vector."""
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 from gradcheck import float64  # noqa: F401 (a fixture)
 from gradcheck import assert_grads_match, assert_graph_dtype, check_grads, torch_grads
 from micrograd import Value
-from micrograd.losses import cross_entropy, mse, pinball
-from micrograd.nn import ACTIVATIONS, MLP, Linear, flatten
+from micrograd.losses import binary_cross_entropy_with_logits, cross_entropy, huber, mse, pinball
+from micrograd.nn import ACTIVATIONS, MLP, Embedding, Linear, flatten
 
 LEVELS = [0.1, 0.5, 0.9]
 FEATURES = 4
@@ -35,43 +35,6 @@ def model_and_graph(loss_fn=pinball, target_shape=(None,), activation="tanh"):
 
 def apply_loss(loss_fn, pred: Value, y) -> Value:
     return pinball(pred, y, LEVELS) if loss_fn is pinball else loss_fn(pred, y)
-
-
-# ---- cross-entropy ----
-
-def test_cross_entropy_by_hand():
-    logits = Value([[0.0, 0.0], [np.log(3.0), 0.0]])
-    loss = cross_entropy(logits, constant([1.0, 0.0]))  # p(label): 1/2 and 3/4
-    assert loss.data == pytest.approx((np.log(2) + np.log(4 / 3)) / 2, rel=1e-6)
-    loss.backward()
-    np.testing.assert_allclose(logits.grad, np.array([[0.5, -0.5], [-0.25, 0.25]]) / 2, rtol=1e-6)
-
-
-@pytest.mark.usefixtures("float64")
-@pytest.mark.parametrize("classes", [2, 5])
-def test_cross_entropy_gradient(classes):
-    rng = np.random.default_rng(8)
-    logits = Value(rng.standard_normal((7, classes)) * 3)
-    labels = rng.integers(0, classes, 7).astype(np.float64)
-    out = check_grads(lambda z: cross_entropy(z, constant(labels)), logits)
-    z = logits.data
-    log_softmax = z - np.log(np.exp(z).sum(axis=1, keepdims=True))  # the textbook formula, fine at this scale
-    np.testing.assert_allclose(out.data, -log_softmax[np.arange(7), labels.astype(int)].mean(), rtol=1e-12)
-
-
-def test_cross_entropy_is_stable_for_huge_logits():
-    logits = Value([[1000.0, 0.0, -1000.0], [-1000.0, 1000.0, 0.0]])
-    loss = cross_entropy(logits, constant([0.0, 2.0]))
-    assert loss.data == pytest.approx(1000 / 2, rel=1e-6)  # row 1: log(e^1000 + ...) - 0 = 1000
-    loss.backward()
-    assert np.isfinite(logits.grad).all()
-    np.testing.assert_allclose(logits.grad, np.array([[0, 0, 0], [0, 1, -1]]) / 2, atol=1e-6)
-
-
-@pytest.mark.parametrize("labels, bad", [([0.0, 3.0], "3.0"), ([0.5, 1.0], "0.5"), ([-1.0, 0.0], "-1.0")])
-def test_cross_entropy_rejects_labels_that_are_no_class(labels, bad):
-    with pytest.raises(ValueError, match=rf"labels must be integers in \[0, 3\), got {bad}"):
-        cross_entropy(Value(np.zeros((2, 3))), constant(labels))
 
 
 # ---- pinball ----
@@ -141,7 +104,121 @@ def test_mse_gradient(pred_shape, target_shape):
     np.testing.assert_allclose(out.data, expected, rtol=1e-12)
 
 
-# ---- Linear and MLP ----
+# ---- huber ----
+
+def huber_formula(d: np.ndarray, delta: float) -> np.ndarray:
+    return np.where(np.abs(d) <= delta, 0.5 * d * d, delta * (np.abs(d) - 0.5 * delta))
+
+
+def test_huber_by_hand():
+    pred = Value([[0.5], [3.0], [-2.0]])
+    loss = huber(pred, constant([0.0, 1.0, 0.0]), delta=1.0)
+    # residuals 0.5, 2, -2: 0.125 (quadratic), 1.5 and 1.5 (linear: 1 * (2 - 0.5))
+    assert loss.data == pytest.approx((0.125 + 1.5 + 1.5) / 3)
+    loss.backward()
+    np.testing.assert_allclose(pred.grad, [[0.5 / 3], [1 / 3], [-1 / 3]])  # the residual clipped to +-delta
+
+
+@pytest.mark.usefixtures("float64")
+@pytest.mark.parametrize("delta", [0.3, 1.0, 5.0])
+@pytest.mark.parametrize("pred_shape,target_shape", [((6, 1), (6,)), ((6, 2), (6,)), ((6, 2), (6, 2))], ids=str)
+def test_huber_gradient(pred_shape, target_shape, delta):
+    rng = np.random.default_rng(7)  # residuals away from +-delta, where the second derivative jumps
+    pred = rng.uniform(0.05, 2.0, pred_shape) * rng.choice([-1, 1], pred_shape)
+    pred = np.where(np.abs(np.abs(pred) - delta) < 0.05, pred + 0.1, pred)
+    pred, target = Value(pred), Value(np.zeros(target_shape))
+    out = check_grads(lambda p, t: huber(p, t, delta), pred, target)
+    np.testing.assert_allclose(out.data, huber_formula(pred.data, delta).mean(), rtol=1e-12)
+
+
+def test_huber_rejects_a_delta_of_zero():
+    with pytest.raises(ValueError, match="huber: delta"):
+        huber(Value([1.0]), constant([0.0]), 0.0)
+
+
+# ---- softmax cross-entropy ----
+
+def cross_entropy_formula(z: np.ndarray, labels: np.ndarray) -> float:
+    """-mean log(e^z[label] / sum e^z), written the long way (fine for small z)."""
+    p = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+    return float(-np.mean(np.log(p[np.arange(len(labels)), labels])))
+
+
+def test_cross_entropy_by_hand():
+    logits = Value([[0.0, np.log(3.0)], [np.log(2.0), np.log(2.0)]])
+    loss = cross_entropy(logits, np.array([1, 0]))
+    # row 0: p = (1/4, 3/4), label 1; row 1: p = (1/2, 1/2), label 0
+    assert loss.data == pytest.approx(-(np.log(0.75) + np.log(0.5)) / 2, rel=1e-6)
+    loss.backward()
+    np.testing.assert_allclose(logits.grad, [[0.25 / 2, -0.25 / 2], [-0.5 / 2, 0.5 / 2]], rtol=1e-6)
+
+
+@pytest.mark.usefixtures("float64")
+@pytest.mark.parametrize("classes", [2, 5])
+def test_cross_entropy_gradient(classes):
+    rng = np.random.default_rng(8)
+    labels = np.array([0, classes - 1, 1, 1, 0, classes - 1])
+    logits = Value(rng.standard_normal((6, classes)) * 2)
+    out = check_grads(lambda z: cross_entropy(z, labels), logits)
+    np.testing.assert_allclose(out.data, cross_entropy_formula(logits.data, labels), rtol=1e-12)
+
+
+@pytest.mark.usefixtures("float64")
+def test_cross_entropy_through_an_integer_placeholder_and_huge_logits():
+    z, labels = Value.placeholder("z", (None, 3)), Value.placeholder("labels", (None,), integer=True)
+    loss = cross_entropy(z, labels)
+    small, k = np.array([[0.5, -1.0, 2.0], [1.5, 0.0, -0.5]]), np.array([2, 1])
+    for shift in (0.0, 1000.0, -1000.0):  # the same loss once the (huge) common shift is taken out
+        assert loss.forward(z=small + shift, labels=k) == pytest.approx(cross_entropy_formula(small, k), rel=1e-12)
+    assert cross_entropy(Value([[1000.0, -1000.0]]), np.array([1])).data == pytest.approx(2000.0)
+
+
+@pytest.mark.parametrize("logits,labels,match", [
+    (np.zeros((3, 2)), np.array([0, 2, 1]), "label 2 out of range for 2 classes"),
+    (np.zeros((3, 2)), np.array([0, -1, 1]), "label -1 out of range"),
+    (np.zeros((3, 2)), np.array([0, 1]), r"logits \(3, 2\).*labels \(2,\)"),
+    (np.zeros(3), np.array([0, 1, 0]), "logits"),
+])
+def test_cross_entropy_rejects_bad_labels(logits, labels, match):
+    with pytest.raises(ValueError, match=match):
+        cross_entropy(Value(logits), labels)
+
+
+# ---- binary cross-entropy on logits ----
+
+def binary_cross_entropy_formula(z: np.ndarray, y: np.ndarray) -> float:
+    p = 1 / (1 + np.exp(-z))
+    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+
+
+@pytest.mark.usefixtures("float64")
+@pytest.mark.parametrize("logit_shape,target_shape", [((6, 1), (6,)), ((6,), (6,)), ((6, 1), (6, 1))], ids=str)
+def test_binary_cross_entropy_gradient(logit_shape, target_shape):
+    rng = np.random.default_rng(9)
+    z = Value(rng.standard_normal(logit_shape) * 2)
+    y = Value(np.array([0.0, 1.0, 1.0, 0.0, 0.3, 1.0]).reshape(target_shape))  # soft labels too
+    out = check_grads(binary_cross_entropy_with_logits, z, y)
+    np.testing.assert_allclose(out.data, binary_cross_entropy_formula(z.data.ravel(), y.data.ravel()), rtol=1e-12)
+
+
+@pytest.mark.usefixtures("float64")
+def test_binary_cross_entropy_is_stable_for_huge_logits():
+    z = Value(np.array([[800.0], [-800.0], [800.0], [-800.0]]))
+    loss = binary_cross_entropy_with_logits(z, constant([1.0, 0.0, 0.0, 1.0]))
+    assert loss.data == pytest.approx((0 + 0 + 800 + 800) / 4)  # right: ~0; wrong by 800: 800
+    loss.backward()
+    np.testing.assert_allclose(z.grad.ravel(), [0, 0, 0.25, -0.25], atol=1e-12)  # (sigmoid(z) - y) / n
+
+
+# ---- Linear, Embedding and MLP ----
+
+@pytest.mark.usefixtures("float64")
+def test_embedding_layer_gradient_adds_repeated_codes():
+    layer = Embedding(5, 3, np.random.default_rng(0))
+    codes = np.array([[4, 4], [0, 4], [2, 0]])
+    out = check_grads(lambda t: layer(codes), layer.table)
+    np.testing.assert_array_equal(out.data, layer.table.data[codes])
+    assert layer.parameters() == [layer.table] and layer.table.data.shape == (5, 3)
 
 def test_mlp_structure():
     model = MLP(FEATURES, [6, 5], 3, "relu", seed=0)

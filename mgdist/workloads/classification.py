@@ -1,8 +1,8 @@
 """Classification: an MLP from features to class probabilities, softmax cross-entropy.
 
-Two classes: one logit, the loss softplus(z) - y z (binary cross-entropy on the logit, stable
-for any z), the prediction P(class 1). More: one logit per class, softmax cross-entropy
-(micrograd.losses.cross_entropy), the prediction every class's probability. Labels are the target column's
+Two classes: one logit, binary cross-entropy on it (softplus(z) - y z, stable for any z), the
+prediction P(class 1). More: one logit per class, softmax cross-entropy, the prediction every
+class's probability (exp of log_softmax). Labels are the target column's
 values 0, 1, ..., classes - 1. Written with the public model contract only (docs/models.md);
 on mgdist's synthetic data with class thresholds the true class probabilities are known,
 so the figures include the Bayes rate and the true model's log loss.
@@ -14,7 +14,7 @@ from typing import Sequence
 import numpy as np
 
 from micrograd import Value
-from micrograd.losses import cross_entropy
+from micrograd.losses import binary_cross_entropy_with_logits, cross_entropy
 from micrograd.nn import MLP
 from mgdist.data import Dataset
 from mgdist.workloads import synthetic
@@ -31,17 +31,16 @@ class Classifier:
             raise ValueError(f"a classifier needs at least 2 classes, got {classes}")
         self.classes = classes
         self.net = MLP(features, hidden, 1 if classes == 2 else classes, activation, seed)
-        X, y = Value.placeholder("X", (None, features)), Value.placeholder("y", (None,))
+        X = Value.placeholder("X", (None, features))
         logits = self.net(X)
         if classes == 2:
             z = logits[:, 0]
-            self.loss = (z.softplus() - y * z).mean()
+            self.loss = binary_cross_entropy_with_logits(z, Value.placeholder("y", (None,)))
             self.prediction = z.sigmoid()
             self.outputs = ["p1"]
-        else:
-            self.loss = cross_entropy(logits, y)
-            e = (logits - logits.max(axis=1, keepdims=True)).exp()  # softmax, its largest exponent 0
-            self.prediction = e / e.sum(axis=1, keepdims=True)
+        else:  # labels 0..classes-1, fed as the target column's floats
+            self.loss = cross_entropy(logits, Value.placeholder("y", (None,), integer=True))
+            self.prediction = logits.log_softmax(axis=1).exp()
             self.outputs = [f"p{k}" for k in range(classes)]
 
     def parameters(self) -> list[Value]:

@@ -11,19 +11,12 @@ from typing import Sequence
 import numpy as np
 
 from micrograd import Value
-from micrograd.losses import mse
+from micrograd.losses import huber, mse
 from micrograd.nn import MLP
 from mgdist.data import Dataset
 from mgdist.workloads import synthetic
 
 LOSSES = ("mse", "huber")
-
-
-def huber(pred: Value, target: Value, delta: float) -> Value:
-    """Mean Huber loss: 0.5 d^2 where |d| <= delta, delta (|d| - delta / 2) beyond; d = pred - target, both (n,)."""
-    a = (pred - target).abs()
-    m = a.minimum(delta)
-    return (0.5 * m * m + delta * (a - m)).mean()
 
 
 def huber_sums(d: np.ndarray, delta: float) -> float:

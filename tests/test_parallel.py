@@ -1,0 +1,142 @@
+"""micrograd.parallel: GradSum's sums over passes and threads against one whole-batch pass;
+threads sharing one weight vector; repeatable bits; integer feeds; BLAS thread limits."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from threadpoolctl import threadpool_info, threadpool_limits
+
+from micrograd import Value, concat
+from micrograd.losses import cross_entropy, pinball
+from micrograd.nn import MLP, Embedding, flatten
+from micrograd.parallel import GradSum, set_blas_threads
+
+LEVELS = (0.1, 0.5, 0.9)
+
+
+class Quantile:
+    """An MLP 5 -> 16 tanh -> 3 with pinball loss: the shape of mgdist's quantile workload."""
+
+    def __init__(self, seed: int = 1):
+        self.mlp = MLP(5, [16], len(LEVELS), "tanh", seed=seed)
+        self.loss = pinball(self.mlp(Value.placeholder("X", (None, 5))), Value.placeholder("y", (None,)), LEVELS)
+
+    def parameters(self) -> list[Value]:
+        return self.mlp.parameters()
+
+
+class Categories:
+    """Class of a row from an embedded code and two numbers: integer feeds through GradSum."""
+
+    def __init__(self):
+        rng = np.random.default_rng(2)
+        self.embed, self.mlp = Embedding(7, 3, rng), MLP(5, [8], 4, "tanh", seed=2)
+        codes = self.embed(Value.placeholder("code", (None,), integer=True))
+        x = Value.placeholder("x", (None, 2))
+        self.loss = cross_entropy(self.mlp(concat([codes, x], axis=1)), Value.placeholder("label", (None,), integer=True))
+
+    def parameters(self) -> list[Value]:
+        return self.embed.parameters() + self.mlp.parameters()
+
+
+def quantile_data(rows: int, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {"X": rng.standard_normal((rows, 5)).astype(np.float32), "y": rng.standard_normal(rows).astype(np.float32)}
+
+
+def whole_batch(model, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, float]:
+    """The reference: one forward and backward over all rows, the mean gradient times the rows."""
+    _, grads = flatten(model.parameters())
+    n = len(next(iter(feeds.values())))
+    loss = float(model.loss.forward(**feeds))
+    model.loss.backward()
+    return grads * n, loss * n
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("given_rows", [False, True], ids=["all rows", "rows given"])
+def test_sum_over_passes_and_threads_is_the_whole_batch(threads, given_rows):
+    feeds = quantile_data(7 * 64 + 23)  # a partial last pass
+    rows = np.random.default_rng(3).permutation(len(feeds["X"]))[:5 * 64 + 11] if given_rows else None
+    want, want_loss = whole_batch(Quantile(), feeds if rows is None else {k: a[rows] for k, a in feeds.items()})
+    gs = GradSum(Quantile, block=64, threads=threads)
+    grad, loss = gs(feeds, rows)
+    np.testing.assert_allclose(grad, want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
+    assert loss == pytest.approx(want_loss, rel=1e-5)
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_threads_give_one_threads_sum_and_the_same_bits_every_time(threads):
+    feeds, rows = quantile_data(2000), np.random.default_rng(4).permutation(2000)[:1500]
+    one = GradSum(Quantile, block=100)(feeds, rows)[0].copy()
+    gs = GradSum(Quantile, block=100, threads=threads)
+    first = gs(feeds, rows)[0].copy()
+    np.testing.assert_allclose(first, one, rtol=1e-5, atol=1e-6 * np.abs(one).max())
+    for _ in range(3):  # the order of summation is fixed: however the threads are scheduled
+        np.testing.assert_array_equal(gs(feeds, rows)[0], first)
+
+
+def test_single_thread_sums_pass_by_pass_in_order():
+    """threads=1 adds each pass's mean gradient times its rows, in order (what workers rely on)."""
+    feeds = quantile_data(250)
+    model = Quantile()
+    _, grads = flatten(model.parameters())
+    want = np.zeros_like(grads)
+    for lo in range(0, 250, 100):
+        model.loss.forward(**{k: a[lo:lo + 100] for k, a in feeds.items()})
+        model.loss.backward()
+        want += grads * np.float32(min(100, 250 - lo))
+    np.testing.assert_array_equal(GradSum(Quantile, block=100)(feeds)[0], want)
+
+
+def test_every_thread_reads_the_weights_written_into_params():
+    feeds = quantile_data(600)
+    gs, one = GradSum(Quantile, block=50, threads=3), GradSum(Quantile, block=50)
+    new = np.random.default_rng(5).standard_normal(gs.params.size).astype(np.float32) * 0.3
+    gs.params[:] = new
+    one.params[:] = new
+    before = GradSum(Quantile, block=50)(feeds)[0]
+    got, want = gs(feeds)[0], one(feeds)[0]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
+    assert np.abs(got - before).max() > 1e-3 * np.abs(before).max()  # the new weights were used
+
+
+def test_integer_feeds_are_gathered_as_integers():
+    rng = np.random.default_rng(6)
+    feeds = {"code": rng.integers(0, 7, 900), "x": rng.standard_normal((900, 2)).astype(np.float32),
+             "label": rng.integers(0, 4, 900)}
+    rows = rng.permutation(900)[:700]
+    want, want_loss = whole_batch(Categories(), {k: a[rows] for k, a in feeds.items()})
+    grad, loss = GradSum(Categories, block=128, threads=2)(feeds, rows)
+    np.testing.assert_allclose(grad, want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
+    assert loss == pytest.approx(want_loss, rel=1e-5)
+
+
+def test_flatten_onto_a_shared_vector_keeps_its_values_and_checks_its_size():
+    first, second = Quantile(seed=1), Quantile(seed=9)
+    data, grads = flatten(first.parameters())
+    kept = data.copy()
+    shared, own = flatten(second.parameters(), data)
+    assert shared is data and own is not grads
+    np.testing.assert_array_equal(data, kept)  # second's own (other) values dropped
+    assert all(np.shares_memory(p.data, data) for p in second.parameters())
+    with pytest.raises(ValueError, match="flatten: .*vector of"):
+        flatten(second.parameters(), data[:-1])
+
+
+@pytest.mark.parametrize("cpus,threads,blas", [(2, 2, 1), (2, 1, 2), (8, 3, 2), (1, 4, 1)])
+def test_set_blas_threads_fits_the_cpus(cpus, threads, blas):
+    before = {i["filepath"]: i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
+    try:
+        assert set_blas_threads(cpus, threads) == blas
+        assert all(i["num_threads"] == blas for i in threadpool_info() if i["user_api"] == "blas")
+    finally:
+        for n in set(before.values()):
+            threadpool_limits(limits=n, user_api="blas")
+
+
+def test_gradsum_rejects_a_block_or_thread_count_of_zero():
+    with pytest.raises(ValueError, match="GradSum: need block >= 1 and threads >= 1"):
+        GradSum(Quantile, block=0)
+    with pytest.raises(ValueError, match="threads=0"):
+        GradSum(Quantile, threads=0)
