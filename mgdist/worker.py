@@ -10,7 +10,7 @@ import numpy as np
 import ray
 
 import mgdist
-from micrograd.parallel import GradSum
+from micrograd.parallel import GradSum, set_blas_threads
 from mgdist import link
 from mgdist.config import TrainConfig
 from mgdist.data import Dataset, load_shard
@@ -83,7 +83,9 @@ class Worker:
             self.error = e
             return
         self.train, self.val = split_rows(len(self.X), self.config.val_fraction, self.config.seed, self.rank)
-        self.grads = GradSum(lambda: self.spec.build(self.X.shape[1]))
+        threads = max(1, int(self.config.cpus_per_worker))  # one engine thread per CPU, each with 1 BLAS thread
+        set_blas_threads(threads, threads)
+        self.grads = GradSum(lambda: self.spec.build(self.X.shape[1]), threads=threads)
         self._order: tuple[int | None, np.ndarray | None] = (None, None)
 
     def ready(self) -> ShardInfo:

@@ -58,6 +58,16 @@ def test_k_workers_equal_one_process(ray_local, uneven_data, tmp_path, workers, 
     assert summary["failures_survived"] == 0
 
 
+def test_one_worker_on_two_cpus_computes_on_two_threads_like_one_process(ray_local, uneven_data, tmp_path):
+    """--cpus-per-worker 2: the worker's gradient sums run on two engine threads (its row blocks
+    split between them, summed in a fixed order), and the weights are still one process's."""
+    spec, config = small_config(uneven_data, tmp_path, workers=1, cpus_per_worker=2, steps=14)
+    train(spec, config)
+    arrays, _ = checkpoint.load(config.checkpoint_dir, config.steps)
+    np.testing.assert_allclose(arrays["params"], single_process_params(spec, config, [[0, 1, 2, 3, 4, 5]]),
+                               rtol=1e-3, atol=5e-4)  # Adam amplifies float32 rounding of tiny gradients
+
+
 def test_summary_figures(ray_local, uneven_data, tmp_path):
     spec, config = small_config(uneven_data, tmp_path, steps=30, summary_json=str(tmp_path / "s.json"),
                                 metrics=str(tmp_path / "m.jsonl"))
