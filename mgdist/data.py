@@ -2,7 +2,8 @@
 
 discover() reads only the files' footers and checks the schema; plan_shards() splits the
 row groups among workers; load_shard() reads one worker's row groups into X (n, F), y (n,).
-Every problem with the data or its location raises a one-line DataError.
+Transient storage errors are retried (mgdist/retry.py); every problem with the data or its
+location raises a one-line DataError.
 """
 from __future__ import annotations
 
