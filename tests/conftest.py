@@ -4,6 +4,7 @@ the same examples on every run and prints a failing example's reproduction blob.
 import os
 
 import pytest
+import ray
 import s3fs
 from hypothesis import settings
 
@@ -34,3 +35,11 @@ def s3_env(s3, monkeypatch) -> s3server.S3Server:
     s3fs.S3FileSystem.clear_instance_cache()
     yield s3
     s3fs.S3FileSystem.clear_instance_cache()
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """A local Ray of this test module's own (never another's): 2 CPUs, a small object store."""
+    ray.init(address="local", num_cpus=2, object_store_memory=200 * 2**20, include_dashboard=False)
+    yield
+    ray.shutdown()

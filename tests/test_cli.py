@@ -4,7 +4,6 @@ import math
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-import ray
 
 from mgdist import checkpoint, data, synthetic
 from mgdist.config import Config, parse_args
@@ -70,13 +69,6 @@ def test_config_round_trips_through_a_dict():
 
 
 # ---- runs ----
-
-@pytest.fixture(scope="module")
-def ray_local():
-    ray.init(address="local", num_cpus=2, object_store_memory=200 * 2**20, include_dashboard=False)
-    yield
-    ray.shutdown()
-
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> str:

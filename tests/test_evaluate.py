@@ -9,7 +9,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import ray
 
 from mgdist import checkpoint, evaluate, synthetic
 from mgdist.checkpoint import CheckpointError
@@ -143,13 +142,6 @@ def test_checkpoint_for_other_features_is_a_clear_error(tmp_path):
                            "has 4 (f0, f1, f2, f3): no numeric column f4, f5\n")
     done = evaluate_job("--checkpoint", tmp_path / "nowhere", "--data", tmp_path / "six")
     assert done.returncode == 2 and done.stderr.startswith("error: ") and done.stderr.count("\n") == 1
-
-
-@pytest.fixture(scope="module")
-def ray_local():
-    ray.init(address="local", num_cpus=2, object_store_memory=200 * 2**20, include_dashboard=False)  # not a Ray of other tests
-    yield
-    ray.shutdown()
 
 
 def test_training_job_writes_the_same_report(ray_local, tmp_path):

@@ -1,7 +1,6 @@
 """Distributed training on a real local Ray: k workers equal one process on the same global batches."""
 import numpy as np
 import pytest
-import ray
 
 from mgdist import checkpoint, data, synthetic
 from mgdist.config import Config
@@ -10,13 +9,6 @@ from mgdist.fleet import Fleet
 from mgdist.trainer import train
 from mgdist.worker import build_model
 from reference import single_process_params
-
-
-@pytest.fixture(scope="module")
-def ray_local():
-    ray.init(address="local", num_cpus=2, object_store_memory=200 * 2**20, include_dashboard=False)
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")
