@@ -7,7 +7,7 @@ import re
 import numpy as np
 import pytest
 
-from micrograd import Value, concat, engine, optim, where
+from micrograd import Value, concat, optim, tensordot, where
 from micrograd.losses import pinball
 from mgdist import checkpoint
 from mgdist.config import Config
@@ -106,6 +106,14 @@ def test_maximum_and_minimum_share_the_gradient_at_ties():
         big = op == "maximum"
         assert a.grad.tolist() == [0.5, 1.0 if big else 0.0, 0.0 if big else 1.0]
         assert b.grad.tolist() == [0.5, 0.0 if big else 1.0, 1.0 if big else 0.0]
+
+
+def test_concat_and_tensordot_defaults():
+    a, b = np.ones((2, 3), np.float32), np.ones((1, 3), np.float32)
+    assert concat([Value(a), Value(b)]).data.shape == (3, 3)  # axis 0
+    x, y = np.arange(24, dtype=np.float32).reshape(2, 3, 4), np.ones((3, 4, 5), np.float32)
+    np.testing.assert_array_equal(tensordot(Value(x), Value(y)).data, np.tensordot(x, y))  # the last two axes of x
+    np.testing.assert_array_equal(Value(x).tensordot(Value(y)).data, np.tensordot(x, y, axes=2))
 
 
 def test_repr_of_leaves_and_placeholders():
