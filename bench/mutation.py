@@ -1,7 +1,7 @@
 """Mutation testing of the pure-Python logic with mutmut; mutants killed and survived per module.
 
     pip install -e '.[mutation]'
-    python bench/mutation.py             # all mutants (about 5 min on 2 cores)
+    python bench/mutation.py             # all mutants, from scratch (about 5 min on 2 cores)
     python bench/mutation.py --report    # only summarise the last run (mutants/ holds it)
 
 mutmut (configured in pyproject.toml, [tool.mutmut]) copies the code to mutants/, mutates
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import shutil
 import subprocess
 import sys
 from collections import Counter, defaultdict
@@ -82,6 +83,7 @@ def main() -> int:
     p.add_argument("--max-children", type=int, default=2, help="parallel test processes")
     args = p.parse_args()
     if not args.report:
+        shutil.rmtree(ROOT / "mutants", ignore_errors=True)  # mutmut keeps old results even when the tests changed
         run = subprocess.run(["mutmut", "run", "--max-children", str(args.max_children)], cwd=ROOT,
                              stdout=subprocess.DEVNULL)
         if run.returncode:

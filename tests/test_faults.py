@@ -26,8 +26,7 @@ from ray.cluster_utils import Cluster
 
 from mgdist import checkpoint, data
 from mgdist.workloads import synthetic
-from mgdist.fleet import split_batch
-from mgdist.worker import epoch_order, split_rows
+from reference import epoch_rows, held_out, shares
 
 JOB = Path(__file__).resolve().parents[1] / "jobs" / "quantile.py"
 STEPS, BATCH, SEED, VAL = 240, 600, 3, 0.1
@@ -300,13 +299,13 @@ def poisoned_copy(src: str, dst: Path, file: int, row: int) -> None:
 
 
 def worker_steps(data_path: str, rank: int, workers: int = 2) -> list[np.ndarray]:
-    """The rows (of its shard) of worker `rank`'s part of each step, as the trainer plans them."""
+    """The rows (of its shard) of worker `rank`'s part of each step, by the documented rules (tests/reference.py)."""
     ds = data.discover(data_path)
     shards = [sum(ds.group_rows[g] for g in s) for s in data.plan_shards(ds.group_rows, workers)]
-    trains = [split_rows(n, VAL, SEED, r)[0] for r, n in enumerate(shards)]
-    batches = split_batch(BATCH, [len(t) for t in trains])
+    trains = [held_out(n, VAL, SEED, r)[0] for r, n in enumerate(shards)]
+    batches = shares(BATCH, [len(t) for t in trains])
     per_epoch, b = min(len(t) // n for t, n in zip(trains, batches)), batches[rank]
-    return [epoch_order(trains[rank], SEED, rank, step // per_epoch)[step % per_epoch * b:][:b]
+    return [epoch_rows(trains[rank], SEED, rank, step // per_epoch)[step % per_epoch * b:][:b]
             for step in range(STEPS)]
 
 

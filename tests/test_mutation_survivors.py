@@ -7,7 +7,7 @@ import re
 import numpy as np
 import pytest
 
-from micrograd import Value, concat, optim, where
+from micrograd import Value, concat, optim, tensordot, where
 from micrograd.losses import pinball
 from mgdist import checkpoint
 from mgdist.config import TrainConfig
@@ -42,7 +42,7 @@ OPS = {  # op label: the graph over placeholders a, b (3, 4), w (4, 2), bias (2,
 
 
 def graph(op: str):
-    a, b = Value.placeholder("a", (None, 4)), Value(B)
+    a, b = Value.placeholder("a", (None, 4)) + Value(np.zeros(4, np.float32)), Value(B)  # a needs a gradient too
     w, c = Value(W), Value(BIAS)
     return OPS[op](a, b, w, c), (b, w, c)
 
@@ -50,7 +50,7 @@ def graph(op: str):
 @pytest.mark.parametrize("op", OPS)
 def test_every_op_labels_its_node(op):
     out, _ = graph(op)
-    assert out.op == op
+    assert out.op == op and out.requires_grad
     assert repr(out) == f"Value(op={op!r}, name='', shape=None)"  # not computed yet: a placeholder feeds it
 
 
@@ -71,6 +71,8 @@ def test_every_op_reuses_its_buffers_from_step_to_step(op):
         where_.append({"data": out.data.__array_interface__["data"][0]}
                       | {key: s.__array_interface__["data"][0] for key, s in out._scratch.items()})
     assert where_[1] == where_[0]
+    if op in ("matmul", "affine"):  # each gradient of its own scratch array: one per input (affine: and W.T)
+        assert len(out._scratch) == {"matmul": 2, "affine": 4}[op]
 
 
 def test_pinball_reuses_its_buffers_and_labels_its_node():
@@ -82,7 +84,14 @@ def test_pinball_reuses_its_buffers_and_labels_its_node():
         loss.forward(p=np.ones((5, 3), np.float32), y=np.zeros(5, np.float32))
         loss.backward()
         seen.append(sorted((k, s.__array_interface__["data"][0], s.shape) for k, s in loss._scratch.items()))
-    assert seen[0] == seen[1] and len(seen[0]) == 2  # one array for forward, one for backward
+    assert seen[0] == seen[1] and len(seen[0]) == 4  # forward: difference, sign mask, slopes; backward: the gradient
+
+
+def test_pinball_gradient_at_a_zero_residual_is_minus_q():
+    """At y == prediction the loss has a kink; the gradient taken there is -q (the right derivative)."""
+    pred = Value(np.zeros((2, 3), np.float32))
+    pinball(pred, Value(np.zeros(2, np.float32)), (0.1, 0.5, 0.9)).backward()
+    np.testing.assert_allclose(pred.grad, -np.array([[0.1, 0.5, 0.9]] * 2) / 6, rtol=1e-6)
 
 
 def test_pinball_rejects_mismatched_targets():
@@ -97,6 +106,14 @@ def test_maximum_and_minimum_share_the_gradient_at_ties():
         big = op == "maximum"
         assert a.grad.tolist() == [0.5, 1.0 if big else 0.0, 0.0 if big else 1.0]
         assert b.grad.tolist() == [0.5, 0.0 if big else 1.0, 1.0 if big else 0.0]
+
+
+def test_concat_and_tensordot_defaults():
+    a, b = np.ones((2, 3), np.float32), np.ones((1, 3), np.float32)
+    assert concat([Value(a), Value(b)]).data.shape == (3, 3)  # axis 0
+    x, y = np.arange(24, dtype=np.float32).reshape(2, 3, 4), np.ones((3, 4, 5), np.float32)
+    np.testing.assert_array_equal(tensordot(Value(x), Value(y)).data, np.tensordot(x, y))  # the last two axes of x
+    np.testing.assert_array_equal(Value(x).tensordot(Value(y)).data, np.tensordot(x, y, axes=2))
 
 
 def test_repr_of_leaves_and_placeholders():
@@ -191,9 +208,17 @@ def test_plan_rejects_infinite_weights_and_too_few_groups():
 
 def test_stats_add_accumulates_over_calls():
     y = np.array([0.0, 1.0, 2.0, 3.0], np.float32)
-    pred = np.array([[0.0, 1.0, 2.0], [1.0, 1.0, 1.0], [3.0, 2.0, 1.0], [0.0, 3.0, 3.0]], np.float32)
+    pred = np.array([[0.0, 1.0, 2.0], [1.0, 0.0, 1.0], [3.0, 2.0, 1.0], [0.0, 3.0, 3.0]], np.float32)  # rows 1, 2 cross
     twice = QuantileStats((0.1, 0.5, 0.9)).add(y[:2], pred[:2]).add(y[2:], pred[2:]).summary()
-    assert twice == QuantileStats((0.1, 0.5, 0.9)).add(y, pred).summary()
+    assert twice == QuantileStats((0.1, 0.5, 0.9)).add(y, pred).summary() and twice["crossing_rate"] == 0.5
+    column = QuantileStats((0.1, 0.5, 0.9)).add(y.reshape(-1, 1), pred).summary()  # targets as a column
+    assert column == twice
+
+
+def test_stats_of_one_row():
+    s = QuantileStats((0.5,)).add(np.array([2.0], np.float32), np.array([[1.0]], np.float32)).summary()
+    assert s == {"rows": 1, "pinball": 0.5, "pinball_per_level": {"0.5": 0.5}, "coverage": {"0.5": 0.0},
+                 "interval_coverage": {}, "interval_width": {}, "crossing_rate": 0.0}
 
 
 def test_stats_at_ties():
@@ -216,5 +241,14 @@ def test_manifest_format_and_partial_files_of_other_processes(tmp_path):
     for f in (theirs, mine, other):
         f.write_bytes(b"partial")
     checkpoint.save(d + "/", 2, {"params": np.ones(3, np.float32)}, {}, keep=2)  # a trailing slash names the same dir
-    assert not theirs.exists() and mine.exists() and other.exists()  # a killed writer's file goes; ours and others' stay
+    assert theirs.exists() and mine.exists() and other.exists()  # a save touches no file but its own checkpoints'
     assert checkpoint.steps(d) == [1, 2]
+    assert sorted(checkpoint.sweep(d)) == sorted([theirs.name, mine.name])  # partial files go when the owner sweeps
+    assert not theirs.exists() and not mine.exists() and other.exists()
+
+
+def test_default_keep_is_three_and_directory_names_are_kept_whole(tmp_path):
+    d = str(tmp_path / "runX")  # a name ending in a letter that a wrong strip would also remove
+    for step in range(1, 6):
+        checkpoint.save(d + "/", step, {"params": np.full(2, step, np.float32)}, {})
+    assert checkpoint.steps(d) == [3, 4, 5] and sorted(os.listdir(tmp_path)) == ["runX"]

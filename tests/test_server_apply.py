@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 
+from mgdist import link
 from mgdist.config import TrainConfig
 from mgdist.server import NonFiniteError, ParameterServer, make_optimizer
 
@@ -12,7 +13,7 @@ from mgdist.server import NonFiniteError, ParameterServer, make_optimizer
 def server(params, **config) -> ParameterServer:
     """The class itself (ray.remote wraps it elsewhere), with SGD at a constant lr: params -= lr * mean grad."""
     config = TrainConfig(**dict(optimizer="sgd", lr=1.0, schedule="constant") | config)
-    return ParameterServer(config, np.array(params, np.float32), total_steps=10)
+    return ParameterServer(config, np.array(params, np.float32), 10, link.Secret.new())
 
 
 def answer(grad, rows, loss, seconds=0.0):
@@ -58,11 +59,11 @@ def test_a_nonfinite_step_stops_or_is_skipped_untouched():
 
 def test_adam_state_is_restored_and_continues():
     config = TrainConfig(optimizer="adam", lr=0.1, schedule="constant")
-    one = ParameterServer(config, np.zeros(2, np.float32), total_steps=10)
+    one = ParameterServer(config, np.zeros(2, np.float32), 10, link.Secret.new())
     for g in ([1, -2], [3, 1]):
         one.apply([answer(g, 1, 0.0)])
     saved = one.state()
-    two = ParameterServer(config, saved.params, total_steps=10, step=saved.step, optimizer_state=saved.optimizer)
+    two = ParameterServer(config, saved.params, 10, link.Secret.new(), step=saved.step, optimizer_state=saved.optimizer)
     for ps in (one, two):
         ps.apply([answer([-1, 4], 1, 0.0)])
     np.testing.assert_array_equal(one.params, two.params)
