@@ -10,22 +10,24 @@ TrainConfig's fields (every option of `mgdist train --help`).
 __version__ = "0.1.0"
 
 import dataclasses
-from typing import Any
+from typing import Any, Callable
 
 from mgdist.config import TrainConfig
 from mgdist.data import Storage
 from mgdist.errors import CheckpointError, DataError, MgdistError, ModelError, TrainingError
 from mgdist.model import ModelSpec, Trained
-from mgdist.trainer import TrainResult, run
+from mgdist.trainer import TrainResult, Validation, run
 
-__all__ = ["train", "load", "TrainConfig", "TrainResult", "Trained", "ModelSpec", "MgdistError",
+__all__ = ["train", "load", "TrainConfig", "TrainResult", "Validation", "Trained", "ModelSpec", "MgdistError",
            "DataError", "CheckpointError", "ModelError", "TrainingError"]
 
 
 def train(model: type | str, data: str | None = None, *, model_args: dict[str, Any] | None = None,
-          config: TrainConfig | None = None, **settings: Any) -> TrainResult:
+          config: TrainConfig | None = None, on_validation: Callable[[Validation], None] | None = None,
+          **settings: Any) -> TrainResult:
     """Train `model` (a class, or its import path package.module:Name) built with `model_args`, on
-    `data`, with `config` and then `settings` (TrainConfig's fields by name) as its settings.
+    `data`, with `config` and then `settings` (TrainConfig's fields by name) as its settings;
+    `on_validation(Validation)` is called after each validation round (--val-every).
 
     Connects to Ray (`ray.init()` when not connected; the session is left running), trains,
     prints the summary and returns the trained model, the summary and where the checkpoints are.
@@ -38,7 +40,7 @@ def train(model: type | str, data: str | None = None, *, model_args: dict[str, A
     config = dataclasses.replace(config or TrainConfig(), **settings, **({"data": data} if data is not None else {}))
     if config.arch_workers:
         config.workers = sum(config.arch_workers.values())
-    return run(spec, config)
+    return run(spec, config, on_validation)
 
 
 def load(checkpoint: str, s3_endpoint: str | None = None) -> Trained:

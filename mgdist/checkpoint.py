@@ -16,6 +16,7 @@ import os
 import re
 import time
 import warnings
+from typing import Collection
 
 import numpy as np
 from fsspec.implementations.local import LocalFileSystem
@@ -102,8 +103,9 @@ def _named_arrays(fs, root: str, name: str) -> str | None:
 
 
 def save(directory: str, step: int, arrays: dict[str, np.ndarray], meta: dict, keep: int = 3,
-         storage: Storage = Storage(), lease=None, retry_s: float = SAVE_S) -> str:
-    """Write checkpoint `step` (arrays + JSON-able meta); keep only the newest `keep`. Returns its manifest path.
+         storage: Storage = Storage(), lease=None, retry_s: float = SAVE_S, protect: Collection[int] = ()) -> str:
+    """Write checkpoint `step` (arrays + JSON-able meta); keep only the newest `keep`, and those of
+    the steps in `protect` (e.g. the best one). Returns its manifest path.
 
     With a lease (mgdist/lease.py), renews it first: LeaseLost if another run has taken the
     directory over. Transient storage errors are retried for about `retry_s` seconds; then,
@@ -122,7 +124,7 @@ def save(directory: str, step: int, arrays: dict[str, np.ndarray], meta: dict, k
         _put(fs, root, npz, payload)
         replaced = _named_arrays(fs, root, name)  # a checkpoint of this step saved before: its arrays go
         _put(fs, root, name, json.dumps(manifest, indent=1).encode())
-        _prune(fs, root, step, npz, keep, replaced)
+        _prune(fs, root, step, npz, keep, replaced, protect)
 
     deadline = time.monotonic() + retry_s
     try:
@@ -134,9 +136,11 @@ def save(directory: str, step: int, arrays: dict[str, np.ndarray], meta: dict, k
     return _join(directory, name)
 
 
-def _prune(fs, root: str, step: int, npz: str, keep: int, replaced: str | None = None) -> None:
+def _prune(fs, root: str, step: int, npz: str, keep: int, replaced: str | None = None,
+           protect: Collection[int] = ()) -> None:
     """After saving `step`: delete the checkpoints older than the newest `keep` up to it (keep <= 0:
-    keep all), and the arrays `replaced` of the checkpoint of `step` this save replaced. Goes by
+    keep all) but those of the steps in `protect`, and the arrays `replaced` of the checkpoint of
+    `step` this save replaced. Goes by
     file names: a corrupt old checkpoint goes like any other, and so do .npz files of the older
     steps deleted (saves that never finished). Newer checkpoints (left by a run that was resumed
     from an older one), temp files and other .npz files of `step` are left alone: they may be
@@ -145,7 +149,7 @@ def _prune(fs, root: str, step: int, npz: str, keep: int, replaced: str | None =
     names, never the reverse."""
     names = _names(fs, root)
     kept = sorted(int(m[1]) for m in map(MANIFEST.match, names) if m and int(m[1]) <= step)
-    kept = kept[-keep:] if keep > 0 else kept
+    kept = (kept[-keep:] if keep > 0 else kept) + list(protect)
     for name in sorted(names, key=lambda n: n.endswith(".npz")):
         m = MANIFEST.match(name) or ARRAYS.match(name)
         if m and int(m[1]) < step and int(m[1]) not in kept or name == replaced != npz:

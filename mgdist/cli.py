@@ -64,10 +64,24 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--on-nonfinite", choices=["error", "skip"], default=d.on_nonfinite,
                    help="NaN/inf gradient or loss: stop, or skip that step")
     p.add_argument("--log-every", type=int, default=d.log_every, help="steps between log lines")
-    p.add_argument("--metrics", help="write per-step metrics here as JSON lines")
-    p.add_argument("--summary-json", help="write the final summary here as one JSON object")
+    p.add_argument("--val-every", type=int, default=d.val_every,
+                   help="steps between validation rounds on the held-out rows (0: only at the end)")
+    p.add_argument("--keep-best", action="store_true",
+                   help="keep the checkpoint of the best validation loss besides the newest --keep-checkpoints")
+    p.add_argument("--early-stop", type=int, default=d.early_stop, metavar="PATIENCE",
+                   help="stop after this many validation rounds without a better val_loss (needs --val-every)")
+    p.add_argument("--metrics", help="JSON-lines log of every log point's record, local or s3:// "
+                   "(default: metrics.jsonl under --checkpoint-dir; '' for none)")
+    p.add_argument("--summary-json", help="the final summary as one JSON object, local or s3:// "
+                   "(default: summary.json under --checkpoint-dir; '' for none)")
     p.add_argument("--report", help="at the end, score the model on the training data: metrics.json and "
-                   "plots (matplotlib) in this local dir, as `mgdist evaluate` does")
+                   "plots (matplotlib) in this dir, local or s3://, as `mgdist evaluate` does "
+                   "(default: report/ under --checkpoint-dir; '' for none)")
+    p.add_argument("--tensorboard", help="also write the records to a TensorBoard event file in this local dir "
+                   "(pip install 'mgdist[tensorboard]')")
+    p.add_argument("--mlflow", metavar="URI", help="also log the records and settings to this MLflow tracking "
+                   "URI (pip install 'mgdist[mlflow]')")
+    p.add_argument("--mlflow-experiment", default=d.mlflow_experiment)
 
 
 def config_from(args: argparse.Namespace, parser: argparse.ArgumentParser) -> TrainConfig:

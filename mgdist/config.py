@@ -53,9 +53,16 @@ class TrainConfig:
     max_failures: int = 3
     on_nonfinite: str = "error"        # NaN/inf gradient or loss: "error" or "skip" the step
     log_every: int = 50
-    metrics: str | None = None         # JSON-lines file of per-step metrics
+    val_every: int = 0                 # steps between validation rounds; 0: only at the end
+    keep_best: bool = False            # keep the checkpoint of the best validation loss besides the newest
+    early_stop: int = 0                # stop after this many validation rounds without improvement; 0: never
+    # outputs: None puts each under checkpoint_dir (when set), "" turns it off; local paths or s3://
+    metrics: str | None = None         # JSON-lines log of the records of every log point
     summary_json: str | None = None
     report: str | None = None          # dir for metrics.json and plots of the final model on the training data
+    tensorboard: str | None = None     # dir for a TensorBoard event file of the same records (extra: tensorboard)
+    mlflow: str | None = None          # MLflow tracking URI to log the records and settings to (extra: mlflow)
+    mlflow_experiment: str = "mgdist"
 
     @property
     def storage(self) -> Storage:
@@ -74,7 +81,7 @@ class TrainConfig:
                     "placement_timeout": self.placement_timeout, "steps": 1 if self.steps is None else self.steps}
         at_least_zero = {"checkpoint_every": self.checkpoint_every, "keep_checkpoints": self.keep_checkpoints,
                          "max_failures": self.max_failures, "warmup_steps": self.warmup_steps,
-                         "weight_decay": self.weight_decay}
+                         "weight_decay": self.weight_decay, "val_every": self.val_every, "early_stop": self.early_stop}
         for name, value in positive.items():
             if not value > 0:
                 raise TrainingError(f"{name} must be positive, got {value}")
@@ -87,6 +94,20 @@ class TrainConfig:
         optimiser's updates and differs from a saved config's."""
         return [(name, saved.get(name), getattr(self, name)) for name in RESUMED
                 if saved.get(name) != dataclasses.asdict(self)[name]]
+        if self.early_stop and not (self.val_every and self.val_fraction):
+            raise TrainingError(f"--early-stop {self.early_stop} needs validation rounds: --val-every N "
+                                f"and --val-fraction > 0 (got {self.val_every}, {self.val_fraction})")
+        if self.keep_best and not (self.checkpoint_dir and self.val_fraction):
+            raise TrainingError("--keep-best needs --checkpoint-dir and --val-fraction > 0")
+
+    def with_outputs(self) -> TrainConfig:
+        """This config with the metrics log, summary and report that are not set (None) placed under
+        checkpoint_dir: metrics.jsonl, summary.json, report/."""
+        if not self.checkpoint_dir:
+            return self
+        under = {"metrics": "metrics.jsonl", "summary_json": "summary.json", "report": "report"}
+        return dataclasses.replace(self, **{k: f"{self.checkpoint_dir.rstrip('/')}/{name}" for k, name in under.items()
+                                            if getattr(self, k) is None})
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

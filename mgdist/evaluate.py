@@ -12,7 +12,7 @@ import sys
 from typing import Sequence
 
 from mgdist import checkpoint
-from mgdist.data import Dataset, Storage, discover, load_shard, plan_shards
+from mgdist.data import Dataset, Storage, discover, filesystem, load_shard, plan_shards, reraise
 from mgdist.errors import CheckpointError, DataError, ModelError
 from mgdist.model import Metrics, ModelSpec, Trained, loss_sum, make_metrics, predict
 from mgdist.report import write_json
@@ -86,19 +86,27 @@ def format_table(report: dict) -> str:
     return "\n".join(lines)
 
 
-def loss_curve(metrics_log: str) -> tuple[list[int], list[float]]:
-    """(steps, train losses) of a training --metrics log; a step logged twice (resumed run) keeps its last value."""
-    with open(metrics_log) as f:
-        records = [json.loads(line) for line in f if line.strip()]
+def loss_curve(metrics_log: str, storage: Storage = Storage()) -> tuple[list[int], list[float]]:
+    """(steps, train losses) of a training --metrics log (local or S3); a step logged twice (resumed
+    run) keeps its last value."""
+    fs, root = filesystem(metrics_log, storage)
+    with reraise(metrics_log):
+        records = [json.loads(line) for line in fs.cat_file(root).decode().splitlines() if line.strip()]
     points = {r["step"]: r["train_loss"] for r in records if "train_loss" in r}
     return sorted(points), [points[s] for s in sorted(points)]
 
 
-def plot_loss(out: str, metrics_log: str, final_loss: float, oracle_loss: float | None = None):
+def _exists(path: str, storage: Storage) -> bool:
+    fs, root = filesystem(path, storage)
+    return fs.exists(root)
+
+
+def plot_loss(out: str, metrics_log: str, final_loss: float, oracle_loss: float | None = None,
+              storage: Storage = Storage()):
     """loss.png under `out`: the training loss of a --metrics log, the final model's on the scored data,
     and the best possible (the oracle's), if known. Returns the matplotlib Figure."""
     from matplotlib.figure import Figure  # Figure.savefig renders PNGs with Agg, no pyplot or display needed
-    steps, losses = loss_curve(metrics_log)
+    steps, losses = loss_curve(metrics_log, storage)
     fig = Figure(figsize=(8, 4.5), layout="constrained")
     ax = fig.subplots()
     ax.plot(steps, losses, marker=".", label="training loss (batch mean)")
@@ -126,14 +134,14 @@ def write_report(trained: Trained, ds: Dataset, out: str, metrics_log: str | Non
     report = {**(about or {}), "data": ds.uri, "model": trained.spec.path, "rows": figures["rows"], "figures": figures}
     os.makedirs(out, exist_ok=True)
     write_json(os.path.join(out, "metrics.json"), report)
-    if not (metrics_log and os.path.exists(metrics_log)):
+    if not (metrics_log and _exists(metrics_log, ds.storage)):
         why = f"{metrics_log} does not exist" if metrics_log else "no training metrics log (--metrics)"
         print(f"report: no loss curve: {why}", file=sys.stderr)
         metrics_log = None
     try:
         plots = []
         if metrics_log:
-            plot_loss(out, metrics_log, figures["loss"], figures.get("oracle_loss"))
+            plot_loss(out, metrics_log, figures["loss"], figures.get("oracle_loss"), ds.storage)
             plots.append("loss.png")
         plots += metrics.plot(out) if callable(getattr(metrics, "plot", None)) else []
     except ImportError:

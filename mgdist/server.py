@@ -26,6 +26,7 @@ class ServerState:
     slowest_s: float = 0.0            # compute seconds summed over steps: the slowest worker's of each step
     mean_s: float = 0.0               # and the mean worker's
     late: tuple[int, ...] = ()        # the workers that held up the step that failed last, past --step-timeout
+    lr: float = float("nan")          # the learning rate of the last update applied (of the first, before any)
 
 
 def make_optimizer(config: TrainConfig, size: int, total_steps: int) -> optim.Optimizer:
@@ -184,6 +185,6 @@ class ParameterServer:
             self.loss = self.window[0] / self.window[1]
         self.window = [0.0, 0]
         state = ServerState(self.step, self.params.copy(), self.opt.state_dict(), self.loss, tuple(self.skips),
-                            *self.compute_s, self.late)
+                            *self.compute_s, self.late, lr=float(self.opt.schedule(max(self.opt.steps - 1, 0))))
         self.late = ()
         return state

@@ -6,14 +6,23 @@ steps the optimiser. The server drives the steps itself, over a socket to each w
 driver asks it to run up to the next log or checkpoint point, and when a worker or the
 server is lost, replaces it and replays from the server's last state, so no step is lost
 and none is applied twice. Nothing here knows the model: it comes as a ModelSpec.
+
+Every --val-every steps (and at the end) the workers score the weights on their held-out rows
+and the driver merges their figures (a validation round): into the progress line, the metrics
+log and the trackers, into the best step so far (--keep-best protects its checkpoint from
+pruning; --early-stop ends the run after so many rounds without improvement), and to an
+`on_validation` callback (mgdist.tune reports them to Ray Tune).
 """
 from __future__ import annotations
 
+import dataclasses
 import math
+import os
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import ray
@@ -27,8 +36,10 @@ from mgdist.evaluate import check_report_dir, write_report
 from mgdist.fleet import LOST, Fleet, ray_get, ship_by_value
 from mgdist.lease import Lease
 from mgdist.model import ModelSpec, Trained
-from mgdist.report import Progress, format_summary, write_json
+from mgdist.report import MetricsLog, Progress, format_summary, write_json
 from mgdist.server import ParameterServer, ServerState, make_optimizer
+from mgdist.tracking import open_trackers
+from mgdist.worker import Evaluation
 
 
 @dataclass
@@ -42,10 +53,52 @@ class TrainResult:
         """The trained model's predictions for rows X (n, features)."""
         return self.trained.predict(X)
 
+    @property
+    def best_checkpoint(self) -> str | None:
+        """The manifest of the best validation step's checkpoint (kept with --keep-best), if saved."""
+        step = self.summary.get("best_step")
+        return f"{self.checkpoint_dir.rstrip('/')}/ckpt-{step:09d}.json" if self.checkpoint_dir and step else None
+
+
+@dataclass
+class Best:
+    """The best validation round so far, and how many rounds came after it; checkpoints record it."""
+    step: int = 0
+    val_loss: float = math.inf
+    rounds_since: int = 0
+
+    def update(self, step: int, val_loss: float) -> None:
+        if val_loss < self.val_loss:  # NaN never improves
+            self.step, self.val_loss, self.rounds_since = step, val_loss, 0
+        else:
+            self.rounds_since += 1
+
+
+@dataclass
+class Validation:
+    """One validation round, as given to an on_validation callback."""
+    step: int
+    figures: dict[str, Any]  # lr, train_loss, val_loss and the model's own figures
+    best: Best
+    checkpoint: str | None  # the manifest of the checkpoint saved at this step, if one was
+
+
+def merge_evaluations(evaluations: list[Evaluation]) -> dict[str, Any]:
+    """Every worker's validation figures as one: the mean loss over all held-out rows, val_loss
+    (NaN when there are none), and the model's own figures over the same rows."""
+    metrics = evaluations[0].metrics
+    for e in evaluations[1:]:
+        if metrics is not None:
+            metrics.merge(e.metrics)
+    rows = sum(e.rows for e in evaluations)
+    return {"val_loss": sum(e.loss_sum for e in evaluations) / rows if rows else float("nan"),
+            **(metrics.summary() if metrics is not None else {})}
+
 
 def _next_stop(step: int, total: int, config: TrainConfig) -> int:
-    """The next step at which to log or checkpoint."""
-    every = [config.log_every] + ([config.checkpoint_every] if config.checkpoint_dir and config.checkpoint_every else [])
+    """The next step at which to log, validate or checkpoint."""
+    every = [config.log_every] + ([config.checkpoint_every] if config.checkpoint_dir and config.checkpoint_every else []) \
+        + ([config.val_every] if config.val_every else [])
     return min([total] + [(step // n + 1) * n for n in every])
 
 
@@ -81,8 +134,9 @@ def _watched(server, run: ray.ObjectRef, step_timeout: float) -> ServerState:
         last = step
 
 
-def _restore(config: TrainConfig, ds: data.Dataset, model: dict, size: int) -> ServerState | None:
-    """The state to resume from, checked against this run's model and dataset; None to start fresh."""
+def _restore(config: TrainConfig, ds: data.Dataset, model: dict, size: int) -> tuple[ServerState, Best] | None:
+    """The state (and best validation round) to resume from, checked against this run's model and
+    dataset; None to start fresh."""
     if not config.checkpoint_dir:
         return None
     storage = config.storage
@@ -112,28 +166,32 @@ def _restore(config: TrainConfig, ds: data.Dataset, model: dict, size: int) -> S
         make_optimizer(config, size, total_steps=1).load_state_dict(optimizer)
     except ValueError as e:
         raise CheckpointError(f"{where} does not fit --optimizer {config.optimizer}: {e}") from None
-    return ServerState(manifest["step"], arrays["params"], optimizer)
+    return ServerState(manifest["step"], arrays["params"], optimizer), Best(**manifest.get("best", {}))
 
 
-def _save(config: TrainConfig, ds: data.Dataset, model: dict, fleet: Fleet, state: ServerState, lease: Lease | None,
-          retry_s: float) -> None:
+def _save(config: TrainConfig, ds: data.Dataset, model: dict, fleet: Fleet, state: ServerState, best: Best,
+          lease: Lease | None, retry_s: float) -> str:
     arrays = {"params": state.params, **{f"opt.{k}": v for k, v in state.optimizer.items()}}
     meta = {"epoch": state.step / fleet.steps_per_epoch, "config": config.to_dict(),
-            "dataset": ds.fingerprint(), "model": model,
+            "dataset": ds.fingerprint(), "model": model, "best": dataclasses.asdict(best),
             "data_order": {"seed": config.seed, "workers": len(fleet.actors), "shards": fleet.shards,
                            "batches": fleet.batches, "steps_per_epoch": fleet.steps_per_epoch}}
-    checkpoint.save(config.checkpoint_dir, state.step, arrays, meta, config.keep_checkpoints, config.storage,
-                    lease, retry_s)
+    protect = [best.step] if config.keep_best and best.step else []
+    return checkpoint.save(config.checkpoint_dir, state.step, arrays, meta, config.keep_checkpoints, config.storage,
+                           lease, retry_s, protect)
 
 
-def run(spec: ModelSpec, config: TrainConfig) -> TrainResult:
+def run(spec: ModelSpec, config: TrainConfig,
+        on_validation: Callable[[Validation], None] | None = None) -> TrainResult:
     """Train the model of `spec` as `config` says; print the summary and return the result.
+    `on_validation` is called after each validation round (and its checkpoint, if any).
     Every actor it started is stopped, and the checkpoint directory's lease released, when it
     returns, fails or is interrupted."""
     t_start = time.perf_counter()
     config.check()
     if config.data is None:
         raise TrainingError("no data: give a Parquet dataset (dir, file, glob, file:// or s3://)")
+    config = config.with_outputs()
     if config.report:
         check_report_dir(config.report)  # before training, not after it
     if not ray.is_initialized():
@@ -141,14 +199,14 @@ def run(spec: ModelSpec, config: TrainConfig) -> TrainResult:
     lease = Lease(config.checkpoint_dir, config.storage) if config.checkpoint_dir else None
     took_over = lease and lease.acquire(take_over=config.resume)  # a second run on the directory stops here
     try:
-        return _run(spec, config, lease, took_over, t_start)
+        return _run(spec, config, lease, took_over, t_start, on_validation)
     finally:
         if lease:
             lease.release()
 
 
 def _run(spec: ModelSpec, config: TrainConfig, lease: Lease | None, took_over: str | None,
-         t_start: float) -> TrainResult:
+         t_start: float, on_validation: Callable[[Validation], None] | None) -> TrainResult:
     if not ray.is_initialized():
         ray.init(address=config.address)
     ds = data.discover(config.data, config.features, config.target, config.storage)
@@ -156,12 +214,12 @@ def _run(spec: ModelSpec, config: TrainConfig, lease: Lease | None, took_over: s
     model = spec.build(features)
     params, _ = flatten(model.parameters())
     described = spec.describe(model, features)
-    state = _restore(config, ds, described, params.size) or ServerState(0, params.copy(), None)
+    state, best = _restore(config, ds, described, params.size) or (ServerState(0, params.copy(), None), Best())
     ship_by_value(spec)
     fleet, servers = Fleet(spec, config, ds), []
     try:
         fleet.start()
-        state, summary = _train(config, ds, described, fleet, state, servers, lease, took_over)
+        state, summary = _train(config, ds, described, fleet, state, best, servers, lease, took_over, on_validation)
     finally:
         fleet.stop()
         for server in servers:
@@ -169,18 +227,31 @@ def _run(spec: ModelSpec, config: TrainConfig, lease: Lease | None, took_over: s
     summary["wall_s"] = time.perf_counter() - t_start
     print(format_summary(summary), flush=True)
     if config.summary_json:
-        write_json(config.summary_json, summary)
+        write_json(config.summary_json, summary, config.storage)
     trained = Trained(spec, features, state.params)
     if config.report:  # the final model scored in this process on all of the training data
-        write_report(trained, ds, config.report, config.metrics, config.nonfinite,
-                     {"checkpoint": config.checkpoint_dir, "step": state.step})
+        _report(trained, ds, config, {"checkpoint": config.checkpoint_dir, "step": state.step})
     return TrainResult(trained, summary, config.checkpoint_dir)
 
 
-def _train(config: TrainConfig, ds: data.Dataset, model: dict, fleet: Fleet, state: ServerState,
-           servers: list, lease: Lease | None, took_over: str | None) -> tuple[ServerState, dict[str, Any]]:
-    """The step loop from `state` to the last step, then the validation figures: (final state, summary).
-    Every parameter server it starts is appended to `servers`, for the caller to stop."""
+def _report(trained: Trained, ds: data.Dataset, config: TrainConfig, about: dict) -> None:
+    """write_report into config.report; on S3 through a local directory whose files are then uploaded."""
+    if not config.report.startswith("s3://"):
+        write_report(trained, ds, config.report, config.metrics, config.nonfinite, about)
+        return
+    fs, root = data.filesystem(config.report, config.storage)
+    with tempfile.TemporaryDirectory() as local, data.reraise(config.report):
+        write_report(trained, ds, local, config.metrics, config.nonfinite, about)
+        for name in sorted(os.listdir(local)):
+            fs.put_file(os.path.join(local, name), f"{root}/{name}")
+
+
+def _train(config: TrainConfig, ds: data.Dataset, model: dict, fleet: Fleet, state: ServerState, best: Best,
+           servers: list, lease: Lease | None, took_over: str | None,
+           on_validation: Callable[[Validation], None] | None) -> tuple[ServerState, dict[str, Any]]:
+    """The step loop from `state` to the last step (or an early stop), with its validation rounds:
+    (final state, summary). Every parameter server it starts is appended to `servers`, for the
+    caller to stop. The records of its log points go to the metrics log and the trackers."""
     spe = fleet.steps_per_epoch
     total = config.steps if config.steps is not None else max(1, math.ceil(config.epochs * spe))
 
@@ -195,7 +266,9 @@ def _train(config: TrainConfig, ds: data.Dataset, model: dict, fleet: Fleet, sta
     secret = link.Secret.new()  # for the server's links to its workers: handed over by Ray only
     server = new_server(state)
     ray_get(server.state.remote())  # started, so the clock below measures training alone
-    progress = Progress(total, state.step, config.batch_size, spe, config.metrics)
+    sinks = ([MetricsLog(config.metrics, config.storage, append=state.step > 0)] if config.metrics else []) \
+        + open_trackers(config, {**config.to_dict(), "model": model})
+    progress = Progress(total, state.step, config.batch_size, spe, sinks)
     progress.log(f"{ds.rows:,} rows x {len(ds.features)} features in {len(ds.files)} files; {len(fleet.actors)} "
                  f"workers on {sorted({i.node + '/' + i.arch for i in fleet.info})}; steps {state.step}"
                  f"..{total} of {config.batch_size} rows ({spe} per epoch)")
@@ -207,17 +280,40 @@ def _train(config: TrainConfig, ds: data.Dataset, model: dict, fleet: Fleet, sta
 
     failures, skips_logged = 0, set()
     saved = state.step if config.resume and state.step else None  # the newest step safely saved
+    val_s = 0.0
+    stopped, val = "steps done", {}
+
+    def failed(e: BaseException) -> None:
+        nonlocal failures
+        failures += 1
+        if failures > config.max_failures:
+            raise TrainingError(f"giving up after {failures} failures (--max-failures "
+                                f"{config.max_failures}); last: {_one_line(e)}") from None
+
+    def validate(params: np.ndarray) -> dict[str, Any]:
+        """A validation round on the workers; a lost worker is replaced and the round done again."""
+        nonlocal val_s
+        t = time.perf_counter()
+        while True:
+            steps_long = max(1, math.ceil(max(i.val for i in fleet.info) / max(1, min(fleet.batches))))
+            try:
+                figures = merge_evaluations(ray_get([w.evaluate.remote(params) for w in fleet.actors],
+                                                    timeout=config.step_timeout * steps_long))
+                val_s += time.perf_counter() - t
+                return figures
+            except LOST as e:
+                failed(e)
+                progress.log(f"failure {failures} in validation: {_one_line(e)}")
+                progress.log(fleet.heal())
+
     try:
         while state.step < total:
             stop = _next_stop(state.step, total, config)
-            try:  # the server drives the steps up to the next log or checkpoint point
+            try:  # the server drives the steps up to the next log, validation or checkpoint point
                 state = _watched(server, server.run.remote(stop, fleet.actors, fleet.batches, fleet.steps_per_epoch),
                                  config.step_timeout)
             except LOST as e:
-                failures += 1
-                if failures > config.max_failures:
-                    raise TrainingError(f"giving up after {failures} failures (--max-failures "
-                                        f"{config.max_failures}); last: {_one_line(e)}") from None
+                failed(e)
                 late = ()
                 try:
                     state = ray_get(server.state.remote(), timeout=config.step_timeout)
@@ -234,37 +330,49 @@ def _train(config: TrainConfig, ds: data.Dataset, model: dict, fleet: Fleet, sta
                 if message not in skips_logged:
                     progress.log(message)
                     skips_logged.add(message)
-            progress.update(stop, train_loss=state.train_loss)
+            figures: dict[str, Any] = {"lr": state.lr, "train_loss": state.train_loss}
+            validating = stop == total or config.val_every and stop % config.val_every == 0
+            if validating:
+                val = validate(state.params)
+                best.update(stop, val["val_loss"])
+                figures |= val
+                if config.early_stop and best.rounds_since >= config.early_stop and stop < total:
+                    stopped = f"early stop after {best.rounds_since} rounds without improvement"
+            progress.update(stop, **figures)
             if lease:
                 lease.keep_alive()
-            if config.checkpoint_dir and (stop == total or config.checkpoint_every and stop % config.checkpoint_every == 0):
+            manifest = None
+            last = stop == total or stopped != "steps done"
+            if config.checkpoint_dir and (last or validating and config.keep_best
+                                          or config.checkpoint_every and stop % config.checkpoint_every == 0):
                 try:  # a save held up for longer than a step may take is given up until the next one
-                    _save(config, ds, model, fleet, state, lease,
-                          checkpoint.FINAL_SAVE_S if stop == total else config.step_timeout)
+                    manifest = _save(config, ds, model, fleet, state, best, lease,
+                                     checkpoint.FINAL_SAVE_S if last else config.step_timeout)
                     saved = stop
                 except SaveFailed as e:
-                    if stop == total:
+                    if last:
                         raise SaveFailed(f"{e}; the newest step safely saved is "
                                          f"{saved if saved is not None else 'none'}") from None
                     progress.log(f"{e}; training goes on, the next save tries again")
+            if validating and on_validation is not None:
+                on_validation(Validation(stop, figures, dataclasses.replace(best), manifest))
+            if stopped != "steps done":
+                progress.log(f"step {stop}: {stopped}; best step {best.step}, val_loss {best.val_loss:.6g}")
+                break
+        if not val:  # resumed at the last step: nothing to train, the figures still wanted
+            val = validate(state.params)
     finally:
         progress.close()
-    loop_s = time.perf_counter() - progress.t0  # the compute seconds are this server's steps': fewer after a loss
+    loop_s = time.perf_counter() - progress.t0 - val_s  # the compute seconds are this server's steps': fewer after a loss
 
-    evaluations = ray_get([w.evaluate.remote(state.params) for w in fleet.actors])
-    metrics = evaluations[0].metrics
-    for e in evaluations[1:]:
-        if metrics is not None:
-            metrics.merge(e.metrics)
-    val_rows = sum(e.rows for e in evaluations)
     summary = {
-        "steps": total, "epochs": round(total / spe, 4), "workers": len(fleet.actors),
-        "rows_per_s": progress.rows_per_s(total),
+        "steps": state.step, "epochs": round(state.step / spe, 4), "workers": len(fleet.actors),
+        "rows_per_s": progress.rows_per_s(state.step),
         "train_loss": state.train_loss,
-        "val_loss": sum(e.loss_sum for e in evaluations) / val_rows if val_rows else float("nan"),
-        **(metrics.summary() if metrics is not None else {}),
+        **val,
+        "best_step": best.step, "best_val_loss": best.val_loss, "stopped": stopped,
         "failures_survived": failures,
-        "worker_busy": state.mean_s / loop_s,  # share of the loop's time the mean worker spent computing
+        "worker_busy": state.mean_s / loop_s,  # share of the loop's time (validation rounds aside) the mean worker computed
         "outside_compute": 1 - state.slowest_s / loop_s,  # share outside each step's slowest worker's compute
     }
     return state, summary
