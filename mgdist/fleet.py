@@ -7,6 +7,7 @@ import uuid
 from typing import Sequence
 
 import ray
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from mgdist import data
 from mgdist.config import TrainConfig
@@ -53,7 +54,8 @@ def _cpus(arch: str | None) -> float:
 
 def _worker_options(config: TrainConfig) -> list[dict]:
     """Ray options of each worker (CPUs, architecture resource, spread over nodes), once the
-    cluster has room for them all; an autoscaler may still be adding nodes, so wait a while."""
+    cluster has room for them all; an autoscaler may still be adding nodes, so wait a while.
+    Inside a placement group with a bundle per worker (its last ones), worker i takes bundle i."""
     archs = [a for a, n in sorted(config.arch_workers.items()) for _ in range(n)] or [None] * config.workers
     deadline = time.monotonic() + config.placement_timeout
     while short := {a or "any": (archs.count(a) * config.cpus_per_worker, _cpus(a)) for a in set(archs)
@@ -63,8 +65,11 @@ def _worker_options(config: TrainConfig) -> list[dict]:
                 f"{arch} nodes need {need:g} CPUs, have {have:g}" for arch, (need, have) in sorted(short.items()))
                 + f" (waited {config.placement_timeout:g} s for nodes)")
         time.sleep(1)
+    group = ray.util.get_current_placement_group()  # e.g. a Ray Tune trial's, from mgdist.tune.trial_resources
+    first = len(group.bundle_specs) - len(archs) if group is not None else -1  # the workers' bundles are the last
     return [dict(num_cpus=config.cpus_per_worker, resources={f"arch_{a}": 0.001} if a else {},
-                 scheduling_strategy="SPREAD") for a in archs]
+                 scheduling_strategy=PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=first + i)
+                 if first >= 0 else "SPREAD") for i, a in enumerate(archs)]
 
 
 def _check_versions(infos: list[ShardInfo]) -> None:
