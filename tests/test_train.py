@@ -76,7 +76,8 @@ def test_summary_figures(ray_local, uneven_data, tmp_path):
     saved = json.loads((tmp_path / "s.json").read_text())
     assert set(saved) == {"steps", "epochs", "workers", "rows_per_s", "wall_s", "train_loss", "val_loss",
                           "pinball", "pinball_per_level", "coverage", "interval_coverage", "interval_width",
-                          "crossing_rate", "oracle_loss", "oracle_coverage", "failures_survived",
+                          "crossing_rate", "oracle_loss", "oracle_coverage", "best_step", "best_val_loss",
+                          "stopped", "failures_survived",
                           "worker_busy", "outside_compute"}
     assert 0 < saved["worker_busy"] <= 1 - saved["outside_compute"] < 1  # the slowest worker computes the longest
     assert saved["val_loss"] == pytest.approx(summary["val_loss"])
