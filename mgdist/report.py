@@ -23,7 +23,7 @@ class Sink(Protocol):
     """Where the records of the log points go: the metrics log, a tracker (mgdist/tracking.py)."""
 
     def write(self, record: dict[str, Any]) -> None: ...
-    def close(self) -> None: ...
+    def close(self, ok: bool = True) -> None: ...  # ok: the run ended without an error
 
 
 class MetricsLog:
@@ -56,7 +56,7 @@ class MetricsLog:
                 self.text += line
                 self.fs.pipe_file(self.root, self.text.encode())
 
-    def close(self) -> None:
+    def close(self, ok: bool = True) -> None:
         if self.text is None:
             self.file.close()
 
@@ -99,11 +99,12 @@ class Progress:
     def log(self, message: str) -> None:
         (self.bar.write if self.bar is not None else lambda m: print(m, file=self.stream, flush=True))(message)
 
-    def close(self) -> None:
+    def close(self, ok: bool = True) -> None:
+        """Close the bar and every sink; ok: the run ended without an error."""
         if self.bar is not None:
             self.bar.close()
         for sink in self.sinks:
-            sink.close()
+            sink.close(ok)
 
 
 def write_json(path: str, value, storage: Storage = Storage()) -> None:

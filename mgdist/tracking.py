@@ -1,6 +1,6 @@
 """Experiment trackers: the records of a run's log points sent to TensorBoard or MLflow.
 
-Both are sinks of report.Progress (`write(record)`, `close()`), like the metrics log, and get
+Both are sinks of report.Progress (`write(record)`, `close(ok)`), like the metrics log, and get
 the same records: step, epoch, rows_per_s, elapsed_s, lr, train_loss and, at validation rounds,
 val_loss and the model's own figures (a dict such as coverage per level becomes
 coverage/0.1, coverage/0.5, ...). Off unless asked for: `--tensorboard DIR` (pip install
@@ -58,13 +58,14 @@ class TensorBoard:
             self.writer.add_scalar(name, value, record["step"])
         self.writer.flush()
 
-    def close(self) -> None:
+    def close(self, ok: bool = True) -> None:
         self.writer.close()
 
 
 class MLflow:
     """One MLflow run at tracking URI `uri` (a server, sqlite:///..., or file:... where MLflow
-    allows it): `params` when it opens, each record's figures as metrics at its step."""
+    allows it): `params` when it opens, each record's figures as metrics at its step; FINISHED
+    when the run ends, FAILED when it stops on an error."""
 
     def __init__(self, uri: str, experiment: str, params: dict[str, Any]):
         self.mlflow = _need("mlflow", "mlflow", "--mlflow")
@@ -81,8 +82,8 @@ class MLflow:
         self.client.log_batch(self.run_id, metrics=[Metric(k, v, now, record["step"])
                                                     for k, v in scalars(record).items()])
 
-    def close(self) -> None:
-        self.client.set_terminated(self.run_id)
+    def close(self, ok: bool = True) -> None:
+        self.client.set_terminated(self.run_id, "FINISHED" if ok else "FAILED")
 
 
 def open_trackers(config: TrainConfig, params: dict[str, Any]) -> list[Sink]:

@@ -306,6 +306,7 @@ def _train(config: TrainConfig, ds: data.Dataset, model: dict, fleet: Fleet, sta
                 progress.log(f"failure {failures} in validation: {_one_line(e)}")
                 progress.log(fleet.heal())
 
+    ok = False
     try:
         while state.step < total:
             stop = _next_stop(state.step, total, config)
@@ -361,8 +362,9 @@ def _train(config: TrainConfig, ds: data.Dataset, model: dict, fleet: Fleet, sta
                 break
         if not val:  # resumed at the last step: nothing to train, the figures still wanted
             val = validate(state.params)
+        ok = True
     finally:
-        progress.close()
+        progress.close(ok)
     loop_s = time.perf_counter() - progress.t0 - val_s  # the compute seconds are this server's steps': fewer after a loss
 
     summary = {

@@ -7,7 +7,6 @@ import struct
 
 import numpy as np
 import pytest
-import ray
 import s3fs
 
 from mgdist import checkpoint, data
@@ -20,13 +19,6 @@ from mgdist.workloads import synthetic
 from mgdist.workloads.quantile import QuantileMLP
 
 LEVELS = (0.1, 0.5, 0.9)
-
-
-@pytest.fixture(scope="module")
-def ray_local():
-    ray.init(address="local", num_cpus=2, object_store_memory=200 * 2**20, include_dashboard=False)
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -208,3 +200,11 @@ def test_tensorboard_and_mlflow_get_the_records(ray_local, small_data, tmp_path,
     assert [(m.step, m.value) for m in history] == [(r["step"], pytest.approx(r["val_loss"])) for r in log
                                                       if "val_loss" in r]
     assert [m.step for m in client.get_metric_history(found.info.run_id, "lr")] == [4, 8, 12]
+
+    def fail(_):
+        raise RuntimeError("stopped by the test")
+    with pytest.raises(RuntimeError, match="stopped by the test"):
+        run(spec(), config(small_data, steps=8, val_every=4, mlflow=uri, mlflow_experiment="loop-fail"), fail)
+    (failed,) = client.search_runs([client.get_experiment_by_name("loop-fail").experiment_id])
+    assert failed.info.status == "FAILED"
+    assert [m.step for m in client.get_metric_history(failed.info.run_id, "val_loss")] == [4]
