@@ -88,17 +88,17 @@ class TrainConfig:
         for name, value in at_least_zero.items():
             if not value >= 0:
                 raise TrainingError(f"{name} must be 0 or more, got {value}")
+        if self.early_stop and not (self.val_every and self.val_fraction):
+            raise TrainingError(f"--early-stop {self.early_stop} needs validation rounds: --val-every N "
+                                f"and --val-fraction > 0 (got {self.val_every}, {self.val_fraction})")
+        if self.keep_best and not (self.checkpoint_dir and self.val_fraction):
+            raise TrainingError("--keep-best needs --checkpoint-dir and --val-fraction > 0")
 
     def changed(self, saved: dict) -> list[tuple[str, object, object]]:
         """(setting, saved value, this value) of each setting that decides the data order or the
         optimiser's updates and differs from a saved config's."""
         return [(name, saved.get(name), getattr(self, name)) for name in RESUMED
                 if saved.get(name) != dataclasses.asdict(self)[name]]
-        if self.early_stop and not (self.val_every and self.val_fraction):
-            raise TrainingError(f"--early-stop {self.early_stop} needs validation rounds: --val-every N "
-                                f"and --val-fraction > 0 (got {self.val_every}, {self.val_fraction})")
-        if self.keep_best and not (self.checkpoint_dir and self.val_fraction):
-            raise TrainingError("--keep-best needs --checkpoint-dir and --val-fraction > 0")
 
     def with_outputs(self) -> TrainConfig:
         """This config with the metrics log, summary and report that are not set (None) placed under

@@ -9,7 +9,7 @@ import pytest
 import mgdist
 from mgdist.errors import DataError
 from mgdist.evaluate import check_report_dir
-from mgdist.report import Progress
+from mgdist.report import MetricsLog, Progress
 
 HERE = os.path.dirname(os.path.dirname(mgdist.__file__))  # the child imports the mgdist this test imports
 
@@ -49,7 +49,7 @@ def test_summary_json_is_never_written_in_place(tmp_path):
 def test_a_new_run_starts_a_new_metrics_log_and_a_resumed_one_continues_it(tmp_path):
     log = tmp_path / "m.jsonl"
     for start, steps in [(0, (5, 10)), (0, (5,)), (5, (10, 15))]:  # an old run, a new run, that run resumed
-        progress = Progress(15, start, 100, 10, str(log), stream=open(os.devnull, "w"))
+        progress = Progress(15, start, 100, 10, [MetricsLog(str(log), append=start > 0)], stream=open(os.devnull, "w"))
         for step in steps:
             progress.update(step, train_loss=1.0 / step)
         progress.close()

@@ -113,7 +113,7 @@ def test_resume_carries_the_best_round(ray_local, small_data, tmp_path):
                  checkpoint_dir=str(tmp_path / "ckpt"))
     run(spec(), cfg)
     second = run(spec(), config(small_data, steps=16, val_every=4, keep_best=True, keep_checkpoints=1, lr=5.0,
-                                checkpoint_dir=cfg.checkpoint_dir, resume=True)).summary  # lr 5: worse rounds
+                                checkpoint_dir=cfg.checkpoint_dir, resume=True, resume_changes=True)).summary  # lr 5: worse rounds
     log = records(tmp_path / "ckpt" / "metrics.jsonl")
     assert [r["step"] for r in log] == [4, 8, 12, 16]  # the resumed run's records follow the first's
     best = min(log, key=lambda r: r["val_loss"])
