@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from mgdist.data import Storage
 from mgdist.errors import TrainingError
+from mgdist.preprocess import STANDARDIZE
 
 
 @dataclass
@@ -18,7 +19,9 @@ class TrainConfig:
     data: str | None = None            # Parquet dir/file/glob, file:// or s3://
     features: str | None = None        # None: every numeric column but the target; "a,b,c" or a prefix "f*"
     target: str = "y"
-    nonfinite: str = "error"           # NaN/inf rows: "error" or "drop"
+    categorical: str | None = None     # "a,b": integer or string columns whose values are categories (one-hot)
+    standardize: str = "all"           # "none" | "features" | "all": features, and the target if the model allows
+    nonfinite: str = "error"           # NaN/inf/null rows: "error" or "drop"
     val_fraction: float = 0.1          # share of each worker's rows held out for validation
     s3_endpoint: str | None = None
     # optimisation
@@ -64,6 +67,8 @@ class TrainConfig:
             raise TrainingError(f"need at least 1 worker and batch size >= workers, got {workers}, {self.batch_size}")
         if not 0 <= self.val_fraction < 1:
             raise TrainingError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.standardize not in STANDARDIZE:
+            raise TrainingError(f"standardize must be one of {', '.join(STANDARDIZE)}, got {self.standardize!r}")
         if self.data is None:
             raise TrainingError("no data: give a Parquet dataset (dir, file, glob, file:// or s3://)")
 

@@ -27,6 +27,7 @@ from mgdist.errors import CheckpointError, TrainingError
 from mgdist.evaluate import write_report
 from mgdist.fleet import LOST, Fleet, ray_get, ship_by_value
 from mgdist.model import ModelSpec, Trained
+from mgdist.preprocess import Preprocessing
 from mgdist.report import Progress, format_summary
 from mgdist.server import ParameterServer, ServerState, make_optimizer
 
@@ -58,17 +59,21 @@ def _one_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {lines[0]}{f' ({actor})' if actor else ''}"
 
 
-def _restore(config: TrainConfig, ds: data.Dataset, model: dict, size: int) -> ServerState | None:
-    """The state to resume from, checked against this run's model and dataset; None to start fresh."""
+def _latest(config: TrainConfig) -> tuple[dict, dict] | None:
+    """The checkpoint (arrays, manifest) to resume from; None to start fresh."""
     if not config.checkpoint_dir:
         return None
-    storage = config.storage
-    existing = checkpoint.steps(config.checkpoint_dir, storage)
+    existing = checkpoint.steps(config.checkpoint_dir, config.storage)
     if existing and not config.resume:
         raise CheckpointError(
             f"{config.checkpoint_dir} already holds checkpoints (newest: step {existing[-1]}); pass --resume "
             "to continue from them, or choose another --checkpoint-dir")
-    found = checkpoint.load_latest(config.checkpoint_dir, storage) if config.resume else None
+    return checkpoint.load_latest(config.checkpoint_dir, config.storage) if config.resume else None
+
+
+def _restore(config: TrainConfig, ds: data.Dataset, model: dict, size: int,
+             found: tuple[dict, dict] | None) -> ServerState | None:
+    """The state of checkpoint `found`, checked against this run's model and dataset; None to start fresh."""
     if found is None:
         return None
     arrays, manifest = found
@@ -89,7 +94,7 @@ def _restore(config: TrainConfig, ds: data.Dataset, model: dict, size: int) -> S
 def _save(config: TrainConfig, ds: data.Dataset, model: dict, fleet: Fleet, state: ServerState) -> None:
     arrays = {"params": state.params, **{f"opt.{k}": v for k, v in state.optimizer.items()}}
     meta = {"epoch": state.step / fleet.steps_per_epoch, "config": config.to_dict(),
-            "dataset": ds.fingerprint(), "model": model,
+            "dataset": ds.fingerprint(), "model": model, "preprocessing": fleet.prep.to_dict(),
             "data_order": {"seed": config.seed, "workers": len(fleet.actors), "shards": fleet.shards,
                            "batches": fleet.batches, "steps_per_epoch": fleet.steps_per_epoch}}
     checkpoint.save(config.checkpoint_dir, state.step, arrays, meta, config.keep_checkpoints, config.storage)
@@ -102,16 +107,18 @@ def run(spec: ModelSpec, config: TrainConfig) -> TrainResult:
     config.check()
     if not ray.is_initialized():
         ray.init(address=config.address)
-    ds = data.discover(config.data, config.features, config.target, config.storage)
-    features = len(ds.features)
-    model = spec.build(features)
-    params, _ = flatten(model.parameters())
-    described = spec.describe(model, features)
-    state = _restore(config, ds, described, params.size) or ServerState(0, params.copy(), None)
+    ds = data.discover(config.data, config.features, config.target, config.storage, config.categorical)
+    found = _latest(config)  # resuming: the checkpoint's preprocessing, not new statistics
+    prep = Preprocessing.from_dict(found[1]["preprocessing"]) if found and "preprocessing" in found[1] else None
     ship_by_value(spec)
-    fleet, servers = Fleet(spec, config, ds), []
+    fleet, servers = Fleet(spec, config, ds, prep), []
     try:
-        fleet.start()
+        fleet.start()  # the workers load their shards; their statistics make the run's preprocessing
+        features = fleet.prep.inputs
+        model = spec.build(features)
+        params, _ = flatten(model.parameters())
+        described = spec.describe(model, features)
+        state = _restore(config, ds, described, params.size, found) or ServerState(0, params.copy(), None)
         state, summary = _train(config, ds, described, fleet, state, servers)
     finally:
         fleet.stop()
@@ -122,7 +129,7 @@ def run(spec: ModelSpec, config: TrainConfig) -> TrainResult:
     if config.summary_json:
         with open(config.summary_json, "w") as f:
             json.dump(summary, f, indent=2)
-    trained = Trained(spec, features, state.params)
+    trained = Trained(spec, fleet.prep, state.params)
     if config.report:  # the final model scored in this process on all of the training data
         write_report(trained, ds, config.report, config.metrics, config.nonfinite,
                      {"checkpoint": config.checkpoint_dir, "step": state.step})
@@ -146,7 +153,8 @@ def _train(config: TrainConfig, ds: data.Dataset, model: dict, fleet: Fleet, sta
     server = new_server(state)
     ray_get(server.state.remote())  # started, so the clock below measures training alone
     progress = Progress(total, state.step, config.batch_size, spe, config.metrics)
-    progress.log(f"{ds.rows:,} rows x {len(ds.features)} features in {len(ds.files)} files; {len(fleet.actors)} "
+    progress.log(f"{ds.rows:,} rows x {len(ds.features) + len(ds.categorical)} columns ({fleet.prep.inputs} "
+                 f"model inputs) in {len(ds.files)} files; {len(fleet.actors)} "
                  f"workers on {sorted({i.node + '/' + i.arch for i in fleet.info})}; steps {state.step}"
                  f"..{total} of {config.batch_size} rows ({spe} per epoch)")
     if config.balance == "speed" and len(fleet.actors) > 1:

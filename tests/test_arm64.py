@@ -44,6 +44,7 @@ from mgdist import data
 from micrograd.nn import flatten
 from mgdist.config import TrainConfig
 from mgdist.model import ModelSpec
+from mgdist.preprocess import Preprocessing
 from mgdist.worker import Worker
 from mgdist.workloads.quantile import QuantileMLP
 
@@ -55,7 +56,7 @@ spec = ModelSpec(QuantileMLP, {"hidden": [64, 64], "seed": 7})
 params, _ = flatten(spec.build(len(ds.features)).parameters())
 weights = params + np.float32(0.3) * np.random.default_rng(11).standard_normal(params.size, np.float32)
 workers = {arch: ray.remote(Worker).options(num_cpus=1, resources={f"arch_{arch}": 0.001}).remote(
-               spec, config, ds, list(range(len(ds.group_rows))), 0) for arch in ("x86_64", "aarch64")}
+               spec, config, ds, list(range(len(ds.group_rows))), 0, Preprocessing(ds.features)) for arch in ("x86_64", "aarch64")}
 info = {arch: ray.get(w.ready.remote()) for arch, w in workers.items()}
 batch = 512
 result = {"machine": {arch: i.arch for arch, i in info.items()}, "steps": []}

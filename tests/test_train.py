@@ -36,7 +36,8 @@ def uneven_data(tmp_path_factory):
 
 def small_config(data_path: str, tmp_path, **kw) -> TrainConfig:
     base = dict(data=data_path, batch_size=600, steps=12, lr=0.01, schedule="cosine", warmup_steps=3,
-                val_fraction=0.1, seed=3, log_every=4, checkpoint_dir=str(tmp_path / "ckpt"))
+                val_fraction=0.1, seed=3, log_every=4, checkpoint_dir=str(tmp_path / "ckpt"),
+                standardize="none")  # raw inputs, as single_process_params' (test_preprocess.py checks standardizing)
     return TrainConfig(**base | kw)
 
 
@@ -53,7 +54,7 @@ def single_process_params(config: TrainConfig, workers: int, shards: list | None
     ds = data.discover(config.data)
     shards = shards or data.plan_shards(ds.group_rows, workers)
     loaded = [data.load_shard(ds, s) for s in shards]
-    trains = [split_rows(len(X), config.val_fraction, config.seed, r)[0] for r, (X, _) in enumerate(loaded)]
+    trains = [split_rows(len(X), config.val_fraction, config.seed, r)[0] for r, (X, _, _) in enumerate(loaded)]
     batches = split_batch(config.batch_size, [len(t) for t in trains])
     per_epoch = min(len(t) // b for t, b in zip(trains, batches))
     model = quantile(hidden).build(len(ds.features))

@@ -27,6 +27,7 @@ DEFAULT_DATA = dict(rows=400_000, features=16, files=4, row_group_rows=16384, se
 
 class QuantileMLP:
     """Predicts every level of `levels` at once; with `non_crossing`, the lowest level plus positive steps up."""
+    standardize_target = True  # it learns the standardized target; mgdist turns its predictions back into y's units
 
     def __init__(self, features: int, levels: Sequence[float] = (0.1, 0.5, 0.9), hidden: Sequence[int] = (64, 64),
                  activation: str = "tanh", non_crossing: bool = False, seed: int = 0):
