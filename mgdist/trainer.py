@@ -59,8 +59,9 @@ def _one_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {lines[0]}{f' ({actor})' if actor else ''}"
 
 
-def _latest(config: TrainConfig) -> tuple[dict, dict] | None:
-    """The checkpoint (arrays, manifest) to resume from; None to start fresh."""
+def _latest(config: TrainConfig, ds: data.Dataset) -> tuple[dict, dict] | None:
+    """The checkpoint (arrays, manifest) to resume from, checked against this run's dataset
+    before any worker starts; None to start fresh."""
     if not config.checkpoint_dir:
         return None
     existing = checkpoint.steps(config.checkpoint_dir, config.storage)
@@ -68,21 +69,21 @@ def _latest(config: TrainConfig) -> tuple[dict, dict] | None:
         raise CheckpointError(
             f"{config.checkpoint_dir} already holds checkpoints (newest: step {existing[-1]}); pass --resume "
             "to continue from them, or choose another --checkpoint-dir")
-    return checkpoint.load_latest(config.checkpoint_dir, config.storage) if config.resume else None
+    found = checkpoint.load_latest(config.checkpoint_dir, config.storage) if config.resume else None
+    if found is not None and found[1].get("dataset") != ds.fingerprint():
+        raise CheckpointError(f"checkpoint step {found[1]['step']} in {config.checkpoint_dir} was trained on other "
+                              f"data than {ds.uri} (files, sizes or columns differ)")
+    return found
 
 
-def _restore(config: TrainConfig, ds: data.Dataset, model: dict, size: int,
-             found: tuple[dict, dict] | None) -> ServerState | None:
-    """The state of checkpoint `found`, checked against this run's model and dataset; None to start fresh."""
+def _restore(config: TrainConfig, model: dict, size: int, found: tuple[dict, dict] | None) -> ServerState | None:
+    """The state of checkpoint `found` (see _latest), checked against this run's model; None to start fresh."""
     if found is None:
         return None
     arrays, manifest = found
     where = f"checkpoint step {manifest['step']} in {config.checkpoint_dir}"
     if manifest.get("model") != model:
         raise CheckpointError(f"{where} is for model {manifest.get('model')}, not this run's {model}")
-    if manifest.get("dataset") != ds.fingerprint():
-        raise CheckpointError(f"{where} was trained on other data than {ds.uri} "
-                              "(files, sizes or columns differ)")
     optimizer = {k.removeprefix("opt."): v for k, v in arrays.items() if k.startswith("opt.")}
     try:  # here, not in the server, where it would fail again on every restart
         make_optimizer(config, size, total_steps=1).load_state_dict(optimizer)
@@ -108,7 +109,7 @@ def run(spec: ModelSpec, config: TrainConfig) -> TrainResult:
     if not ray.is_initialized():
         ray.init(address=config.address)
     ds = data.discover(config.data, config.features, config.target, config.storage, config.categorical)
-    found = _latest(config)  # resuming: the checkpoint's preprocessing, not new statistics
+    found = _latest(config, ds)  # resuming: the checkpoint's preprocessing, not new statistics
     prep = Preprocessing.from_dict(found[1]["preprocessing"]) if found and "preprocessing" in found[1] else None
     ship_by_value(spec)
     fleet, servers = Fleet(spec, config, ds, prep), []
@@ -118,7 +119,7 @@ def run(spec: ModelSpec, config: TrainConfig) -> TrainResult:
         model = spec.build(features)
         params, _ = flatten(model.parameters())
         described = spec.describe(model, features)
-        state = _restore(config, ds, described, params.size, found) or ServerState(0, params.copy(), None)
+        state = _restore(config, described, params.size, found) or ServerState(0, params.copy(), None)
         state, summary = _train(config, ds, described, fleet, state, servers)
     finally:
         fleet.stop()

@@ -13,6 +13,7 @@ from micrograd import Value
 from micrograd.losses import mse
 from micrograd.nn import MLP
 from mgdist.data import DataError, discover, filesystem, load_shard
+from mgdist.predict import predict
 from mgdist.preprocess import ColumnStats, Preprocessing, ShardSummary
 from mgdist.workloads.classification import Classifier
 
@@ -191,3 +192,22 @@ def test_bad_categorical_columns_are_named(tmp_path):
         discover(str(path), categorical="x")
     with pytest.raises(DataError, match="column 's' is string, not a number \\(name it with --categorical"):
         discover(str(path), "x,s")
+
+
+def test_batch_prediction_applies_the_checkpoints_preprocessing(ray_local, tmp_path):
+    """`mgdist predict` on Ray gives Trained.predict's values in y's units; an unseen carrier is
+    predicted with all-zero category inputs, a null one gets NaN."""
+    data = write_uneven(tmp_path / "d", flights(1200, seed=5), [600, 600])
+    ckpt = str(tmp_path / "ckpt")
+    trained = mgdist.train(Linear, data, workers=2, batch_size=200, steps=20, log_every=1000,
+                           features="delay,distance", categorical="carrier", checkpoint_dir=ckpt).trained
+    new = pa.table({"delay": [10.0, 20.0, 30.0], "distance": [500.0, 600.0, 700.0],
+                    "carrier": pa.array(["DL", "ZZ", None]).dictionary_encode(), "y": [0.0, 0.0, 0.0]})
+    (tmp_path / "new").mkdir()
+    pq.write_table(new, tmp_path / "new/part-0.parquet")
+    files = predict(ckpt, str(tmp_path / "new"), str(tmp_path / "out"), progress=False)
+    out = pq.read_table(files).column("prediction").to_numpy()
+    expected = trained.predict({"delay": np.array([10.0, 20.0]), "distance": np.array([500.0, 600.0]),
+                                "carrier": np.array(["DL", "ZZ"])})
+    np.testing.assert_array_equal(out[:2], expected)
+    assert np.isnan(out[2]) and out[0] > 500  # in y's units (about 1000 + 30 + 5 + 100)
