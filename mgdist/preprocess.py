@@ -131,6 +131,8 @@ class Preprocessing:
         if not vocab:
             return np.full(len(values), -1)
         known = np.asarray(vocab)
+        if values.dtype == object:  # e.g. strings from pandas or pyarrow
+            values = values.astype(str if known.dtype.kind == "U" else np.int64)
         if known.dtype.kind != values.dtype.kind and not (known.dtype.kind in "iu" and values.dtype.kind in "iu"):
             raise DataError(f"categorical column {name!r} holds {values.dtype} values, its vocabulary {known.dtype}")
         codes = np.searchsorted(known, values)

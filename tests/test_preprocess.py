@@ -154,6 +154,11 @@ def test_integer_categories_and_unseen_codes():
     inputs = prep.inputs_of(np.zeros((3, 0), np.float32), [np.array([20, 99, 30])])
     np.testing.assert_array_equal(inputs, [[0, 1, 0], [0, 0, 0], [0, 0, 1]])  # 99 unseen: all zero
     assert Preprocessing.from_dict(prep.to_dict()) == prep
+    strings = Preprocessing((), (), (), ("carrier",), (("AA", "DL"),))
+    given = np.array(["DL", "XX", "AA"], object)  # as pandas and pyarrow give strings
+    np.testing.assert_array_equal(strings.inputs_of(np.zeros((3, 0), np.float32), [given]), [[0, 1], [0, 0], [1, 0]])
+    with pytest.raises(DataError, match="categorical column 'carrier' holds int64 values, its vocabulary <U2"):
+        strings.inputs_of(np.zeros((1, 0), np.float32), [np.array([3])])
 
 
 def test_an_id_beyond_float32_is_refused_with_its_file_column_and_value(tmp_path):
