@@ -11,7 +11,7 @@ import ray
 import mgdist
 from mgdist.workloads import synthetic
 from mgdist.workloads.classification import Classifier
-from mgdist.workloads.quantile import QuantileMLP, default_dataset
+from mgdist.workloads.quantile import JOB_DEFAULTS, QuantileMLP, default_dataset, parse_args
 from mgdist.workloads.regression import Regressor
 
 COMMON = dict(workers=2, batch_size=4096, epochs=12, lr=0.01, log_every=1000, val_fraction=0.2, features="f*")
@@ -72,7 +72,10 @@ def test_classification_near_the_bayes_rate(ray_local, labelled, data, classes):
 
 
 def test_quantile_default_job_within_1_percent_of_the_oracle(ray_local):
-    result = mgdist.train(QuantileMLP, default_dataset(), log_every=1000)  # jobs/quantile.py's defaults
+    spec, config = parse_args([])
+    assert (config.batch_size, config.epochs, spec.args["activation"]) == (JOB_DEFAULTS["batch_size"],
+                                                                         JOB_DEFAULTS["epochs"], "relu")
+    result = mgdist.train(QuantileMLP, default_dataset(), log_every=1000, **JOB_DEFAULTS)  # jobs/quantile.py's defaults
     s = result.summary  # pinball in y's units (val_loss: the standardized target's)
     assert s["oracle_loss"] < s["pinball"] < 1.01 * s["oracle_loss"], s
     assert all(abs(s["coverage"][f"{q:g}"] - q) < 0.01 for q in (0.1, 0.5, 0.9)), s
