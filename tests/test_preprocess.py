@@ -13,9 +13,11 @@ from micrograd import Value
 from micrograd.losses import mse
 from micrograd.nn import MLP
 from mgdist.data import DataError, discover, filesystem, load_shard
+from mgdist.evaluate import score
 from mgdist.predict import predict
 from mgdist.preprocess import ColumnStats, Preprocessing, ShardSummary
 from mgdist.workloads.classification import Classifier
+from mgdist.workloads.quantile import QuantileMLP
 
 CARRIERS = np.array(["AA", "B6", "DL", "UA", "WN"])
 
@@ -216,3 +218,19 @@ def test_batch_prediction_applies_the_checkpoints_preprocessing(ray_local, tmp_p
                                 "carrier": np.array(["DL", "ZZ"])})
     np.testing.assert_array_equal(out[:2], expected)
     assert np.isnan(out[2]) and out[0] > 500  # in y's units (about 1000 + 30 + 5 + 100)
+
+
+def test_evaluate_scores_in_the_targets_units(ray_local, tmp_path):
+    """score() of a quantile model trained on a standardized target: its pinball loss is that of
+    Trained.predict on the raw rows, in y's units (thousands), and its loss the standardized one."""
+    table = flights(2000, seed=6)
+    data = write_uneven(tmp_path / "d", table, [1000, 1000])
+    trained = mgdist.train(QuantileMLP, data, workers=2, batch_size=400, steps=30, log_every=1000,
+                           features="delay,distance", categorical="carrier", model_args={"hidden": [8]}).trained
+    figures, _ = score(trained, discover(data, "delay,distance", categorical="carrier"))
+    pred = trained.predict(table).astype(np.float64)
+    y = table.column("y").to_numpy().astype(np.float32).astype(np.float64)[:, None]
+    q = np.array([0.1, 0.5, 0.9])
+    pinball = np.maximum(q * (y - pred), (q - 1) * (y - pred)).mean()
+    assert figures["pinball"] == pytest.approx(pinball, rel=1e-5)
+    assert figures["loss"] == pytest.approx(pinball / trained.prep.target_scale, rel=1e-4)  # pinball scales with y
