@@ -59,7 +59,8 @@ def main() -> None:
     ray.init(address="local", num_cpus=2, object_store_memory=500 * 2**20, include_dashboard=False, log_to_driver=False)
     results = {}
     for workers in (1, 2):
-        s = mgdist.train(QuantileMLP, path, model_args={"levels": LEVELS, "hidden": [128]}, workers=workers,
+        s = mgdist.train(QuantileMLP, path, model_args={"levels": LEVELS, "hidden": [128], "activation": "tanh"},
+                         workers=workers,
                          batch_size=args.batch, steps=args.steps, lr=1e-3, schedule="constant", val_fraction=0.01,
                          log_every=args.steps).summary
         results[workers] = rate = s["rows_per_s"] / args.batch

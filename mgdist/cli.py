@@ -14,6 +14,7 @@ from mgdist.config import TrainConfig
 from mgdist.data import Storage
 from mgdist.errors import MgdistError, TrainingError
 from mgdist.model import ModelSpec
+from mgdist.preprocess import STANDARDIZE
 
 
 def _arch_counts(s: str) -> dict[str, int]:
@@ -30,9 +31,15 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     """Every TrainConfig setting as an option (defaults from TrainConfig)."""
     d = TrainConfig()
     p.add_argument("--data", help="Parquet dataset: dir, file, glob, file:// or s3://bucket/prefix")
-    p.add_argument("--features", help="feature columns: a,b,c or a prefix f* (default: all numeric but target)")
+    p.add_argument("--features", help="feature columns: a,b,c or a prefix f* (default: every floating-point "
+                   "column but the target; integer columns only when named)")
     p.add_argument("--target", default=d.target)
-    p.add_argument("--nonfinite", choices=["error", "drop"], default=d.nonfinite, help="rows with NaN/inf")
+    p.add_argument("--categorical", help="integer or string columns whose values are categories, e.g. "
+                   "carrier,origin (one-hot inputs; a value unseen in training: all zeros)")
+    p.add_argument("--standardize", choices=list(STANDARDIZE), default=d.standardize,
+                   help="standardize features, and the target of models that allow it (all), features only, or none")
+    p.add_argument("--nonfinite", choices=["error", "drop"], default=d.nonfinite,
+                   help="rows with a NaN, infinity or null: stop naming it, or drop them")
     p.add_argument("--val-fraction", type=float, default=d.val_fraction)
     p.add_argument("--s3-endpoint", help="S3 endpoint URL (default: AWS_ENDPOINT_URL_S3 or AWS)")
     p.add_argument("--optimizer", choices=["adam", "adamw", "sgd"], default=d.optimizer)

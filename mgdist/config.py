@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from mgdist.data import Storage
 from mgdist.errors import TrainingError
+from mgdist.preprocess import STANDARDIZE
 
 
 RESUMED = ("seed", "batch_size", "workers", "arch_workers", "balance", "val_fraction", "optimizer", "lr", "schedule",
@@ -22,7 +23,9 @@ class TrainConfig:
     data: str | None = None            # Parquet dir/file/glob, file:// or s3://
     features: str | None = None        # None: every numeric column but the target; "a,b,c" or a prefix "f*"
     target: str = "y"
-    nonfinite: str = "error"           # NaN/inf rows: "error" or "drop"
+    categorical: str | None = None     # "a,b": integer or string columns whose values are categories (one-hot)
+    standardize: str = "all"           # "none" | "features" | "all": features, and the target if the model allows
+    nonfinite: str = "error"           # NaN/inf/null rows: "error" or "drop"
     val_fraction: float = 0.1          # share of each worker's rows held out for validation
     s3_endpoint: str | None = None
     # optimisation
@@ -76,6 +79,8 @@ class TrainConfig:
             raise TrainingError(f"need at least 1 worker and batch size >= workers, got {workers}, {self.batch_size}")
         if not 0 <= self.val_fraction < 1:
             raise TrainingError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.standardize not in STANDARDIZE:
+            raise TrainingError(f"standardize must be one of {', '.join(STANDARDIZE)}, got {self.standardize!r}")
         positive = {"log_every": self.log_every, "step_timeout": self.step_timeout, "lr": self.lr,
                     "epochs": self.epochs, "cpus_per_worker": self.cpus_per_worker,
                     "placement_timeout": self.placement_timeout, "steps": 1 if self.steps is None else self.steps}

@@ -13,11 +13,12 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import groupby
-from typing import Iterator, Sequence
+from typing import Iterator, NamedTuple, Sequence
 
 import fsspec
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from botocore.exceptions import BotoCoreError
 
@@ -80,6 +81,7 @@ class Dataset:
     target: str | None          # None: unlabelled data, for prediction only
     storage: Storage = Storage()
     metadata: dict[str, str] = field(default_factory=dict)  # the files' "mgdist.*" key-value metadata, where all agree
+    categorical: tuple[str, ...] = ()  # integer or string columns read as categories (preprocess.py)
 
     @property
     def group_rows(self) -> list[int]:
@@ -94,7 +96,8 @@ class Dataset:
         """What identifies the data wherever it is stored: file names, sizes, row groups, columns."""
         files = [{"name": os.path.basename(f.path), "size": f.size, "row_groups": list(f.row_groups)}
                  for f in self.files]
-        return {"files": files, "features": list(self.features), "target": self.target}
+        return {"files": files, "features": list(self.features), "categorical": list(self.categorical),
+                "target": self.target}
 
 
 def _listed(path: str, root: str) -> bool:
@@ -121,28 +124,56 @@ def _is_number(t: pa.DataType) -> bool:
     return pa.types.is_integer(t) or pa.types.is_floating(t)
 
 
+def _is_category(t: pa.DataType) -> bool:
+    """Integer, string or dictionary (of those) columns can be categorical."""
+    if pa.types.is_dictionary(t):
+        t = t.value_type
+    return pa.types.is_integer(t) or pa.types.is_string(t) or pa.types.is_large_string(t)
+
+
+def _names(columns: Sequence[str] | str | None) -> list[str]:
+    if columns is None:
+        return []
+    return [n.strip() for n in columns.split(",") if n.strip()] if isinstance(columns, str) else list(columns)
+
+
 def _choose_features(schema: pa.Schema, features: Sequence[str] | str | None, target: str | None,
-                     where: str) -> tuple[str, ...]:
-    """Resolve the feature selection against a file's schema; check it and the target."""
-    if isinstance(features, str):
-        if any(c in features for c in "*?["):
-            names = [n for n in fnmatch.filter(schema.names, features) if n != target]
-            if not names:
-                raise DataError(f"{where}: no column matches {features!r}")
-            features = names
-        else:
-            features = [n.strip() for n in features.split(",")]
+                     where: str, categorical: Sequence[str] = ()) -> tuple[str, ...]:
+    """Resolve the feature selection against a file's schema; check it, the categorical columns
+    and the target. By default only floating-point columns are features: an integer column
+    (an ID, a code) is used only when named."""
+    for name in categorical:
+        if name not in schema.names:
+            raise DataError(f"{where}: no categorical column {name!r} (columns: {', '.join(schema.names)})")
+        if not _is_category(schema.field(name).type):
+            raise DataError(f"{where}: categorical column {name!r} is {schema.field(name).type}, "
+                            "not an integer or string column")
+    if target in categorical:
+        raise DataError(f"{where}: the target {target!r} is also listed as categorical")
+    skip = {target, *categorical}
+    if isinstance(features, str) and any(c in features for c in "*?["):
+        names = [n for n in fnmatch.filter(schema.names, features) if n not in skip]
+        if not names:
+            raise DataError(f"{where}: no column matches {features!r}")
+        features = names
     elif features is None:
-        features = [f.name for f in schema if f.name != target and _is_number(f.type)]
+        features = [f.name for f in schema if f.name not in skip and pa.types.is_floating(f.type)]
+    else:
+        features = _names(features)
     for name in [*features, *([target] if target else [])]:
         if name not in schema.names:
             raise DataError(f"{where}: no column {name!r} (columns: {', '.join(schema.names)})")
         if not _is_number(schema.field(name).type):
-            raise DataError(f"{where}: column {name!r} is {schema.field(name).type}, not a number")
+            hint = " (name it with --categorical to use its values as categories)" \
+                if _is_category(schema.field(name).type) and name != target else ""
+            raise DataError(f"{where}: column {name!r} is {schema.field(name).type}, not a number{hint}")
     if target in features:
         raise DataError(f"{where}: the target {target!r} is also listed as a feature")
-    if not features:
-        raise DataError(f"{where}: no numeric feature columns" + (f" besides {target!r}" if target else ""))
+    if set(features) & set(categorical):
+        raise DataError(f"{where}: {sorted(set(features) & set(categorical))} listed both as features and categorical")
+    if not features and not categorical:
+        raise DataError(f"{where}: no floating-point feature columns" + (f" besides {target!r}" if target else "")
+                        + " (name integer columns with --features or --categorical)")
     return tuple(features)
 
 
@@ -168,13 +199,27 @@ def _common_metadata(schemas: Sequence[pa.Schema]) -> dict[str, str]:
     return {k: v for k, v in tagged[0].items() if all(t.get(k) == v for t in tagged)}
 
 
+def schema(uri: str, storage: Storage = Storage()) -> pa.Schema:
+    """The columns of the dataset at `uri`, from its first file's footer."""
+    fs, path = filesystem(uri, storage)
+    with reraise(uri):
+        sizes = _list_files(fs, path)
+        if not sizes:
+            raise DataError(f"{uri}: no Parquet files")
+        first = next(iter(sizes))
+        return _read_footer(fs, first, ("s3://" if uri.startswith("s3://") else "") + first)[0]
+
+
 def discover(uri: str, features: Sequence[str] | str | None = None, target: str | None = "y",
-             storage: Storage = Storage()) -> Dataset:
+             storage: Storage = Storage(), categorical: Sequence[str] | str | None = ()) -> Dataset:
     """Find a dataset's files and row groups from their footers and check its columns.
 
-    features: None for every numeric column but the target, a list of names, "a,b,c",
-    or a glob such as "f*" (in the files' column order). target: None for unlabelled data.
+    features: None for every floating-point column but the target and the categorical ones, a
+    list of names, "a,b,c", or a glob such as "f*" (in the files' column order). target: None
+    for unlabelled data. categorical: integer or string columns ("a,b" or a list) whose values
+    are categories.
     """
+    categorical = tuple(_names(categorical))
     fs, path = filesystem(uri, storage)
     prefix = "s3://" if uri.startswith("s3://") else ""
     with reraise(uri):
@@ -191,8 +236,8 @@ def discover(uri: str, features: Sequence[str] | str | None = None, target: str 
             raise DataError(f"{prefix}{p}: columns differ from {prefix}{first}: "
                             + ", ".join(f"{n} {t}" for n, t in diff))
         infos.append(FileInfo(prefix + p, sizes[p], groups))
-    chosen = _choose_features(schema, features, target, prefix + first)
-    ds = Dataset(uri, tuple(infos), chosen, target, storage, _common_metadata([s for _, s, _ in footers]))
+    chosen = _choose_features(schema, features, target, prefix + first, categorical)
+    ds = Dataset(uri, tuple(infos), chosen, target, storage, _common_metadata([s for _, s, _ in footers]), categorical)
     if ds.rows == 0:
         raise DataError(f"{uri}: the dataset has no rows")
     return ds
@@ -222,6 +267,22 @@ def plan_shards(group_rows: Sequence[int], k: int, weights: Sequence[float] | No
     return [groups[a:b] for a, b in zip(cuts, cuts[1:])]
 
 
+FLOAT32_EXACT = 2 ** 24  # beyond it float32 rounds integers: 16777217 becomes 16777216
+
+
+def check_exact(table: pa.Table, names: Sequence[str], where: str) -> None:
+    """DataError naming the column and value if an integer column of `names` holds a value
+    beyond 2**24, which float32 would round."""
+    for name in names:
+        column = table.column(name)
+        if pa.types.is_integer(column.type) and column.type.bit_width > 16 and len(column):
+            lo, hi = (v.as_py() for v in pc.min_max(column).values())
+            for v in (lo, hi):
+                if v is not None and abs(v) > FLOAT32_EXACT:
+                    raise DataError(f"{where}, column {name!r}: integer {v} cannot be represented exactly in float32 "
+                                    "(|v| > 2**24): leave it out of the features, or name it with --categorical")
+
+
 def copy_columns(table: pa.Table, names: Sequence[str], out: np.ndarray) -> None:
     """Copy the named columns of `table` into the columns of `out`, converting to float32."""
     columns = [table.column(n).to_numpy() for n in names]  # zero-copy for float32 without nulls
@@ -232,40 +293,67 @@ def copy_columns(table: pa.Table, names: Sequence[str], out: np.ndarray) -> None
             block[:, j] = column[start:start + step]
 
 
-def _nonfinite_error(table: pa.Table, ds: Dataset, X: np.ndarray, y: np.ndarray, where: str) -> DataError:
-    row, col = np.argwhere(~np.isfinite(np.column_stack([X, y])))[0]
-    name = [*ds.features, ds.target][col]
+def category_values(table: pa.Table, name: str, keep: np.ndarray | None = None) -> np.ndarray:
+    """A categorical column's values (of the rows where `keep`, if given): int64 for integers,
+    str for strings and dictionaries of them. Nulls come out as 0 or "None": drop them first."""
+    column = table.column(name)
+    if keep is not None:
+        column = column.filter(pa.array(keep))
+    if pa.types.is_dictionary(column.type):
+        column = column.cast(column.type.value_type)
+    if pa.types.is_integer(column.type):
+        return column.fill_null(0).to_numpy().astype(np.int64)
+    return np.asarray(column.to_numpy(zero_copy_only=False), dtype=str)
+
+
+class Shard(NamedTuple):
+    """A worker's rows: numeric features X (n, F) and target y (n,) in float32, and the raw
+    values of each categorical column (n,)."""
+    X: np.ndarray
+    y: np.ndarray
+    categories: tuple[np.ndarray, ...]
+
+
+def _nonfinite_error(table: pa.Table, ds: Dataset, bad: np.ndarray, where: str) -> DataError:
+    row, col = np.argwhere(bad)[0]
+    name = [*ds.features, ds.target, *ds.categorical][col]
     value = table.column(name)[int(row)].as_py()
     return DataError(f"{where}, column {name!r}, row {row}: value {'null' if value is None else value}"
                      " (nonfinite='drop' skips such rows)")
 
 
 def _read_group(pf: pq.ParquetFile, ds: Dataset, info: FileInfo, g: int, nonfinite: str,
-                X: np.ndarray, y: np.ndarray) -> int:
-    """Read row group `g` of one file into the first rows of X and y; the number of rows kept."""
+                X: np.ndarray, y: np.ndarray) -> tuple[int, list[np.ndarray]]:
+    """Read row group `g` of one file into the first rows of X and y: the number of rows kept, and
+    the values of each categorical column in those rows."""
     where = f"{info.path} row group {g}"
-    table = pf.read_row_group(g, columns=[*ds.features, ds.target])
+    table = pf.read_row_group(g, columns=[*ds.features, ds.target, *ds.categorical])
     if table.num_rows != info.row_groups[g]:
         raise DataError(f"{where}: {table.num_rows} rows, not {info.row_groups[g]}: "
                         "the file changed since it was discovered")
+    check_exact(table, [*ds.features, ds.target], where)
     n = table.num_rows
     copy_columns(table, ds.features, X[:n])
     y[:n] = table.column(ds.target).to_numpy()
-    finite = np.isfinite(X[:n]).all(axis=1) & np.isfinite(y[:n])
-    if finite.all():
-        return n
+    bad = np.column_stack([~np.isfinite(X[:n]), ~np.isfinite(y[:n]),
+                           *[table.column(name).is_null().to_numpy(zero_copy_only=False) for name in ds.categorical]])
+    if not bad.any():
+        return n, [category_values(table, name) for name in ds.categorical]
     if nonfinite == "error":
-        raise _nonfinite_error(table, ds, X[:n], y[:n], where)
+        raise _nonfinite_error(table, ds, bad, where)
+    finite = ~bad.any(axis=1)
     kept = int(finite.sum())
     X[:kept], y[:kept] = X[:n][finite], y[:n][finite]
-    return kept
+    return kept, [category_values(table, name, finite) for name in ds.categorical]
 
 
-def load_shard(ds: Dataset, groups: Sequence[int], nonfinite: str = "error") -> tuple[np.ndarray, np.ndarray]:
-    """Read row groups (indices into ds.group_rows) into C-contiguous float32 X (n, F) and y (n,).
+def load_shard(ds: Dataset, groups: Sequence[int], nonfinite: str = "error") -> Shard:
+    """Read row groups (indices into ds.group_rows) into C-contiguous float32 X (n, F) and y (n,),
+    and the values of the categorical columns.
 
     Only these groups and the dataset's columns are read, one row group at a time, straight
-    into the result. nonfinite: "error" raises on a NaN, infinity or null; "drop" skips its rows.
+    into the result. nonfinite: "error" raises on a NaN, infinity or null (a null category
+    too); "drop" skips its rows. An integer column beyond 2**24 is refused (check_exact).
     """
     if nonfinite not in ("error", "drop"):
         raise ValueError(f"nonfinite must be 'error' or 'drop', not {nonfinite!r}")
@@ -274,6 +362,7 @@ def load_shard(ds: Dataset, groups: Sequence[int], nonfinite: str = "error") -> 
         raise DataError(f"{ds.uri}: a shard needs row groups in [0, {len(located)}), got {list(groups)}")
     n = sum(ds.group_rows[g] for g in groups)
     X, y = np.empty((n, len(ds.features)), np.float32), np.empty(n, np.float32)
+    categories: list[list[np.ndarray]] = [[] for _ in ds.categorical]
     fs, _ = filesystem(ds.uri, ds.storage)
     filled = 0
     for f, run in groupby((located[g] for g in groups), key=lambda fg: fg[0]):
@@ -283,11 +372,14 @@ def load_shard(ds: Dataset, groups: Sequence[int], nonfinite: str = "error") -> 
             nonlocal filled
             with _open_parquet(fs, _fs_path(info.path)) as pf:
                 while todo:
-                    filled += _read_group(pf, ds, info, todo[0], nonfinite, X[filled:], y[filled:])
+                    kept, cats = _read_group(pf, ds, info, todo[0], nonfinite, X[filled:], y[filled:])
+                    filled += kept
+                    for values, c in zip(categories, cats):
+                        values.append(c)
                     todo.pop(0)
                     pa.default_memory_pool().release_unused()  # peak: the shard + about one row group
         with reraise(info.path):
             retrying(read_rest)
     if filled == 0:
         raise DataError(f"{ds.uri}: no finite rows in row groups {list(groups)}")
-    return X[:filled], y[:filled]
+    return Shard(X[:filled], y[:filled], tuple(np.concatenate(c) for c in categories))

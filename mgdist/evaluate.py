@@ -11,10 +11,13 @@ import os
 import sys
 from typing import Sequence
 
+import pyarrow as pa
+
 from mgdist import checkpoint
-from mgdist.data import Dataset, Storage, discover, filesystem, load_shard, plan_shards, reraise
+from mgdist.data import Dataset, Storage, discover, filesystem, load_shard, plan_shards, reraise, schema
 from mgdist.errors import CheckpointError, DataError, ModelError
 from mgdist.model import Metrics, ModelSpec, Trained, loss_sum, make_metrics, predict
+from mgdist.preprocess import Preprocessing
 from mgdist.report import write_json
 
 EVAL_ROWS = 1 << 20  # rows loaded and scored at a time
@@ -37,7 +40,9 @@ def load(path: str, storage: Storage = Storage()) -> tuple[Trained, dict]:
         raise CheckpointError(f"{where}: not a training checkpoint: its manifest has no config, dataset or model class")
     try:
         spec = ModelSpec.from_path(saved["class"], saved["args"])
-        trained = Trained(spec, saved["features"], arrays["params"])
+        prep = Preprocessing.from_dict(manifest["preprocessing"]) if "preprocessing" in manifest \
+            else Preprocessing(tuple(manifest["dataset"]["features"]))  # saved before preprocessing existed
+        trained = Trained(spec, prep, arrays["params"])
     except ModelError as e:
         raise CheckpointError(f"{where}: cannot rebuild its model: {e}") from None
     if spec.describe(trained.model, saved["features"]) != saved:
@@ -53,25 +58,30 @@ def _names(names: Sequence[str]) -> str:
 def dataset_for(manifest: dict, uri: str, storage: Storage = Storage(), labelled: bool = True) -> Dataset:
     """The columns a checkpoint's model was trained on, in its order, found in the dataset at `uri`
     (and its target column, if `labelled`)."""
-    trained = tuple(manifest["dataset"]["features"])
+    features = tuple(manifest["dataset"]["features"])
+    categorical = tuple(manifest["dataset"].get("categorical", ()))
     target = manifest["dataset"]["target"] if labelled else None
-    numeric = discover(uri, None, target, storage).features  # every numeric column but the target
-    missing = [n for n in trained if n not in numeric]
+    numeric = [f.name for f in schema(uri, storage) if f.name != target and
+               (pa.types.is_integer(f.type) or pa.types.is_floating(f.type) or f.name in categorical)]
+    missing = [n for n in features + categorical if n not in numeric]
     if missing:
-        raise CheckpointError(f"the checkpoint's model takes {len(trained)} features ({_names(trained)}) but {uri} "
+        raise CheckpointError(f"the checkpoint's model takes {len(features + categorical)} features "
+                              f"({_names(features + categorical)}) but {uri} "
                               f"has {len(numeric)} ({_names(numeric)}): no numeric column {_names(missing)}")
-    return discover(uri, trained, target, storage)
+    return discover(uri, features, target, storage, categorical)
 
 
 def score(trained: Trained, ds: Dataset, nonfinite: str = "error") -> tuple[dict, Metrics | None]:
-    """The mean loss over every row of `ds` and the model's own figures; and its metrics (for plots)."""
-    metrics, rows, total = make_metrics(trained.model, ds), 0, 0.0
+    """The mean loss over every row of `ds` (the model's training loss: on the standardized target
+    if it was standardized) and the model's own figures (in the target's units); and its metrics."""
+    metrics, rows, total, prep = make_metrics(trained.model, ds), 0, 0.0, trained.prep
     chunks = min(sum(r > 0 for r in ds.group_rows), -(-ds.rows // EVAL_ROWS))
     for groups in plan_shards(ds.group_rows, chunks):
-        X, y = load_shard(ds, groups, nonfinite)
-        rows, total = rows + len(y), total + loss_sum(trained.model, X, y)
+        X, y, categories = load_shard(ds, groups, nonfinite)
+        inputs = prep.inputs_of(X, categories)
+        rows, total = rows + len(y), total + loss_sum(trained.model, inputs, prep.target_in(y))
         if metrics is not None:
-            metrics.add(X, y, predict(trained.model, X))
+            metrics.add(X, y, prep.target_out(predict(trained.model, inputs)))
     return {"rows": rows, "loss": total / rows, **(metrics.summary() if metrics else {})}, metrics
 
 

@@ -13,6 +13,7 @@ from mgdist import data
 from mgdist.config import TrainConfig
 from mgdist.errors import MgdistError, TrainingError
 from mgdist.model import ModelSpec
+from mgdist.preprocess import Preprocessing
 from mgdist.worker import ShardInfo, Worker, versions
 
 LOST = (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError, ray.exceptions.ObjectLostError,
@@ -84,19 +85,33 @@ def _check_versions(infos: list[ShardInfo]) -> None:
 
 
 class Fleet:
-    """The worker actors, one per shard; replaces lost ones, or re-plans the shards over fewer."""
+    """The worker actors, one per shard; replaces lost ones, or re-plans the shards over fewer.
 
-    def __init__(self, spec: ModelSpec, config: TrainConfig, ds: data.Dataset):
-        self.spec, self.config, self.ds = spec, config, ds
+    `prep`: the run's Preprocessing (from a checkpoint when resuming); None: start() computes
+    it from the workers' summaries of their shards."""
+
+    def __init__(self, spec: ModelSpec, config: TrainConfig, ds: data.Dataset, prep: Preprocessing | None = None):
+        self.spec, self.config, self.ds, self.prep = spec, config, ds, prep
         self.options = _worker_options(config)
         self.actors: list = []
 
     def start(self) -> None:
-        """Spawn a worker per shard, wait until every one has loaded it (TrainingError if not)."""
+        """Spawn a worker per shard, wait until every one has loaded it (TrainingError if not)
+        and prepared it with the run's Preprocessing."""
         k = len(self.options)
         self.shards = data.plan_shards(self.ds.group_rows, k)
         self.actors = [self._spawn(rank) for rank in range(k)]
         self.info = self._wait(range(k))
+        if self.prep is None:  # statistics merged exactly from the workers' shards: the data stay where they are
+            summaries = ray_get([a.summary.remote() for a in self.actors])
+            summary = summaries[0]
+            for other in summaries[1:]:
+                summary = summary.merge(other)
+            standardize = self.config.standardize
+            self.prep = Preprocessing.from_summary(
+                summary, self.ds.features, self.ds.categorical, standardize in ("features", "all"),
+                standardize == "all" and bool(getattr(self.spec.cls, "standardize_target", False)))
+            ray_get([a.prepare.remote(self.prep) for a in self.actors])
         self._plan_steps()
 
     def _plan_steps(self) -> None:
@@ -117,7 +132,7 @@ class Fleet:
     def _spawn(self, rank: int):
         name = f"mgdist-worker-{rank}-{uuid.uuid4().hex[:8]}"  # unique: the lost one may still hold its name
         return ray.remote(Worker).options(**self.options[rank], name=name, max_concurrency=2).remote(  # serve() + calls
-            self.spec, self.config, self.ds, self.shards[rank], rank)
+            self.spec, self.config, self.ds, self.shards[rank], rank, self.prep)
 
     def _wait(self, ranks) -> list[ShardInfo]:
         refs = [self.actors[r].ready.remote() for r in ranks]

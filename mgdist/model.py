@@ -20,6 +20,7 @@ from micrograd import Value
 from micrograd.nn import flatten
 from mgdist.data import Dataset
 from mgdist.errors import ModelError
+from mgdist.preprocess import Preprocessing
 
 PREDICT_ROWS = 65536  # rows per forward pass when predicting
 
@@ -114,25 +115,49 @@ def make_metrics(model: Any, dataset: Dataset) -> Metrics | None:
 
 
 class Trained:
-    """A model with trained weights, ready to predict in this process."""
+    """A model with trained weights and the run's preprocessing, ready to predict in this process."""
 
-    def __init__(self, spec: ModelSpec, features: int, params: np.ndarray):
-        self.spec, self.features = spec, features
-        self.model = spec.build(features)
+    def __init__(self, spec: ModelSpec, prep: Preprocessing, params: np.ndarray):
+        self.spec, self.prep, self.features = spec, prep, prep.inputs
+        self.model = spec.build(self.features)
         self.params, _ = flatten(self.model.parameters())
         if params.shape != self.params.shape:
             raise ModelError(f"{spec.path} has {self.params.size} parameters, the weights given {params.size}")
         np.copyto(self.params, params)
 
-    def predict(self, X: np.ndarray) -> np.ndarray:
-        """Predictions for the rows of X (n, features), float32."""
-        X = np.ascontiguousarray(X, dtype=np.float32)
-        if X.ndim != 2 or X.shape[1] != self.features:
-            raise ModelError(f"{self.spec.path} takes rows of {self.features} features, got shape {X.shape}")
-        return predict(self.model, X)
+    def predict(self, data: Any) -> np.ndarray:
+        """Predictions, in the target's units, for raw rows: an array (n, columns) of the training
+        columns in order (prep.columns: numeric features, then categorical ones as integer codes),
+        or a table of columns by name (dict of arrays, pyarrow Table, pandas DataFrame)."""
+        columns = self.prep.columns
+        if isinstance(data, np.ndarray) or not hasattr(data, "__getitem__") or isinstance(data, (list, tuple)):
+            data = np.asarray(data)
+            if data.ndim != 2 or data.shape[1] != len(columns):
+                raise ModelError(f"{self.spec.path} takes rows of {len(columns)} columns ({', '.join(columns)}), "
+                                 f"got shape {data.shape}")
+            data = {name: data[:, j] for j, name in enumerate(columns)}
+        missing = [n for n in columns if n not in _keys(data)]
+        if missing:
+            raise ModelError(f"{self.spec.path} needs columns {', '.join(missing)}, not given")
+        X = np.column_stack([np.asarray(data[n], np.float32) for n in self.prep.features]) \
+            if self.prep.features else np.empty((len(np.asarray(data[columns[0]])), 0), np.float32)
+        return self.predict_raw(X, [np.asarray(data[n]) for n in self.prep.categorical])
+
+    def predict_raw(self, X: np.ndarray, categories: list[np.ndarray]) -> np.ndarray:
+        """Predictions, in the target's units, for numeric features X (n, features) and the values
+        of each categorical column."""
+        inputs = self.prep.inputs_of(np.ascontiguousarray(X, np.float32), categories)
+        return self.prep.target_out(predict(self.model, inputs))
 
     def __reduce__(self):  # rebuilt where it is unpickled: its graph's closures do not travel
-        return Trained, (self.spec, self.features, self.params)
+        return Trained, (self.spec, self.prep, self.params)
 
     def __repr__(self) -> str:
-        return f"Trained({self.spec.path}, args={self.spec.args}, features={self.features}, params={self.params.size})"
+        return (f"Trained({self.spec.path}, args={self.spec.args}, columns={list(self.prep.columns)}, "
+                f"inputs={self.features}, params={self.params.size})")
+
+
+def _keys(data: Any) -> set[str]:
+    """Column names of a dict, pyarrow Table or pandas DataFrame."""
+    names = getattr(data, "column_names", None) or getattr(data, "columns", None)
+    return set(names if names is not None else data.keys())

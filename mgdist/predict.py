@@ -4,8 +4,10 @@ The output columns are the model's `outputs` (docs/models.md): q0.1, q0.5, ... f
 Each task reads its row groups (the model's features and the kept columns, in one read), predicts
 them and writes one Parquet file per input file it touches: part-FFFFF-GGGGGG.parquet, named after
 the input file's index in the dataset and the task's first row group in it, with one output row
-group per input row group. Sorted by name, the outputs hold the rows in input order. Rows with a
-missing or non-finite feature get NaN quantiles.
+group per input row group. Sorted by name, the outputs hold the rows in input order. The
+predictions are in the target's units (the run's preprocessing, stored in the checkpoint, is
+applied). Rows with a missing or non-finite feature, or a null category, get NaN predictions; a
+category unseen in training gets all-zero one-hot inputs (docs/models.md).
 """
 from __future__ import annotations
 
@@ -18,17 +20,18 @@ import pyarrow.parquet as pq
 import ray
 from tqdm import tqdm
 
-from mgdist.data import DataError, Dataset, Storage, copy_columns, filesystem, plan_shards, reraise
+from mgdist.data import (DataError, Dataset, Storage, category_values, check_exact, copy_columns, filesystem,
+                         plan_shards, reraise)
 from mgdist.evaluate import dataset_for, load
 from mgdist.fleet import ray_get, ship_by_value
-from mgdist.model import Trained, output_names
+from mgdist.model import Trained, output_names, predict as model_predict
 
 TASK_ROWS = 1 << 18  # rows per task, at most a row group more: the progress bar moves a task at a time
 
 
 def _output_names(trained: Trained) -> list[str]:
     """The prediction's column names, from one row's prediction."""
-    columns = trained.predict(np.zeros((1, trained.features), np.float32)).reshape(1, -1).shape[1]
+    columns = model_predict(trained.model, np.zeros((1, trained.features), np.float32)).reshape(1, -1).shape[1]
     return output_names(trained.model, columns)
 
 
@@ -38,7 +41,7 @@ def _output_schema(ds: Dataset, keep: Sequence[str] | None, names: Sequence[str]
     fs, path = filesystem(first, ds.storage)
     with reraise(first):
         schema = pq.read_schema(path, filesystem=fs)
-    keep = [n for n in schema.names if n not in ds.features] if keep is None else list(keep)
+    keep = [n for n in schema.names if n not in ds.features + ds.categorical] if keep is None else list(keep)
     for name in keep:
         if name not in schema.names:
             raise DataError(f"{first}: no column {name!r} to keep (columns: {', '.join(schema.names)})")
@@ -52,7 +55,7 @@ def _predict_groups(trained: Trained, ds: Dataset, groups: list[int], schema: pa
                     out: str) -> list[str]:
     """Predict row groups (indices into ds.group_rows); write one file per input file; return their paths."""
     keep = schema.names[:len(schema) - predicted]
-    columns = list(dict.fromkeys([*ds.features, *keep]))
+    columns = list(dict.fromkeys([*ds.features, *ds.categorical, *keep]))
     located = [(f, g) for f, info in enumerate(ds.files) for g in range(len(info.row_groups))]
     out_fs, root = filesystem(out, ds.storage)
     prefix, written = "s3://" if out.startswith("s3://") else "", []
@@ -66,9 +69,12 @@ def _predict_groups(trained: Trained, ds: Dataset, groups: list[int], schema: pa
                 out_fs.open(path, "wb") as sink, pq.ParquetWriter(sink, file_schema) as writer:
             for g in run:
                 table = pf.read_row_group(g, columns=columns)
+                check_exact(table, ds.features, f"{source} row group {g}")
                 X = np.empty((table.num_rows, len(ds.features)), np.float32)
                 copy_columns(table, ds.features, X)
-                pred = trained.predict(X).reshape(len(X), -1)
+                pred = trained.predict_raw(X, [category_values(table, n) for n in ds.categorical]).reshape(len(X), -1)
+                for name in ds.categorical:  # a null category: no prediction, like a missing feature
+                    pred[table.column(name).is_null().to_numpy(zero_copy_only=False)] = np.nan
                 writer.write_table(pa.table([*table.select(keep).columns, *pred.T], schema=file_schema))
         written.append(prefix + path)
     return written

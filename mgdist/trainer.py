@@ -36,6 +36,7 @@ from mgdist.evaluate import check_report_dir, write_report
 from mgdist.fleet import LOST, Fleet, ray_get, ship_by_value
 from mgdist.lease import Lease
 from mgdist.model import ModelSpec, Trained
+from mgdist.preprocess import Preprocessing
 from mgdist.report import MetricsLog, Progress, format_summary, write_json
 from mgdist.server import ParameterServer, ServerState, make_optimizer
 from mgdist.tracking import open_trackers
@@ -134,18 +135,27 @@ def _watched(server, run: ray.ObjectRef, step_timeout: float) -> ServerState:
         last = step
 
 
-def _restore(config: TrainConfig, ds: data.Dataset, model: dict, size: int) -> tuple[ServerState, Best] | None:
-    """The state (and best validation round) to resume from, checked against this run's model and
-    dataset; None to start fresh."""
+def _latest(config: TrainConfig, ds: data.Dataset) -> tuple[dict, dict] | None:
+    """The checkpoint (arrays, manifest) to resume from, checked against this run's dataset
+    before any worker starts; None to start fresh."""
     if not config.checkpoint_dir:
         return None
-    storage = config.storage
-    existing = checkpoint.steps(config.checkpoint_dir, storage)
+    existing = checkpoint.steps(config.checkpoint_dir, config.storage)
     if existing and not config.resume:
         raise CheckpointError(
             f"{config.checkpoint_dir} already holds checkpoints (newest: step {existing[-1]}); pass --resume "
             "to continue from them, or choose another --checkpoint-dir")
-    found = checkpoint.load_latest(config.checkpoint_dir, storage) if config.resume else None
+    found = checkpoint.load_latest(config.checkpoint_dir, config.storage) if config.resume else None
+    if found is not None and found[1].get("dataset") != ds.fingerprint():
+        raise CheckpointError(f"checkpoint step {found[1]['step']} in {config.checkpoint_dir} was trained on other "
+                              f"data than {ds.uri} (files, sizes or columns differ)")
+    return found
+
+
+def _restore(config: TrainConfig, model: dict, size: int,
+             found: tuple[dict, dict] | None) -> tuple[ServerState, Best] | None:
+    """The state and best validation round of checkpoint `found` (see _latest), checked against this
+    run's model and settings; None to start fresh."""
     if found is None:
         return None
     arrays, manifest = found
@@ -158,9 +168,6 @@ def _restore(config: TrainConfig, ds: data.Dataset, model: dict, size: int) -> t
                               "pass --resume-changes to resume with other settings")
     if manifest.get("model") != model:
         raise CheckpointError(f"{where} is for model {manifest.get('model')}, not this run's {model}")
-    if manifest.get("dataset") != ds.fingerprint():
-        raise CheckpointError(f"{where} was trained on other data than {ds.uri} "
-                              "(files, sizes or columns differ)")
     optimizer = {k.removeprefix("opt."): v for k, v in arrays.items() if k.startswith("opt.")}
     try:  # here, not in the server, where it would fail again on every restart
         make_optimizer(config, size, total_steps=1).load_state_dict(optimizer)
@@ -174,6 +181,7 @@ def _save(config: TrainConfig, ds: data.Dataset, model: dict, fleet: Fleet, stat
     arrays = {"params": state.params, **{f"opt.{k}": v for k, v in state.optimizer.items()}}
     meta = {"epoch": state.step / fleet.steps_per_epoch, "config": config.to_dict(),
             "dataset": ds.fingerprint(), "model": model, "best": dataclasses.asdict(best),
+            "preprocessing": fleet.prep.to_dict(),
             "data_order": {"seed": config.seed, "workers": len(fleet.actors), "shards": fleet.shards,
                            "batches": fleet.batches, "steps_per_epoch": fleet.steps_per_epoch}}
     protect = [best.step] if config.keep_best and best.step else []
@@ -209,16 +217,18 @@ def _run(spec: ModelSpec, config: TrainConfig, lease: Lease | None, took_over: s
          t_start: float, on_validation: Callable[[Validation], None] | None) -> TrainResult:
     if not ray.is_initialized():
         ray.init(address=config.address)
-    ds = data.discover(config.data, config.features, config.target, config.storage)
-    features = len(ds.features)
-    model = spec.build(features)
-    params, _ = flatten(model.parameters())
-    described = spec.describe(model, features)
-    state, best = _restore(config, ds, described, params.size) or (ServerState(0, params.copy(), None), Best())
+    ds = data.discover(config.data, config.features, config.target, config.storage, config.categorical)
+    found = _latest(config, ds)  # resuming: the checkpoint's preprocessing, not new statistics
+    prep = Preprocessing.from_dict(found[1]["preprocessing"]) if found and "preprocessing" in found[1] else None
     ship_by_value(spec)
-    fleet, servers = Fleet(spec, config, ds), []
+    fleet, servers = Fleet(spec, config, ds, prep), []
     try:
-        fleet.start()
+        fleet.start()  # the workers load their shards; their statistics make the run's preprocessing
+        features = fleet.prep.inputs
+        model = spec.build(features)
+        params, _ = flatten(model.parameters())
+        described = spec.describe(model, features)
+        state, best = _restore(config, described, params.size, found) or (ServerState(0, params.copy(), None), Best())
         state, summary = _train(config, ds, described, fleet, state, best, servers, lease, took_over, on_validation)
     finally:
         fleet.stop()
@@ -228,7 +238,7 @@ def _run(spec: ModelSpec, config: TrainConfig, lease: Lease | None, took_over: s
     print(format_summary(summary), flush=True)
     if config.summary_json:
         write_json(config.summary_json, summary, config.storage)
-    trained = Trained(spec, features, state.params)
+    trained = Trained(spec, fleet.prep, state.params)
     if config.report:  # the final model scored in this process on all of the training data
         _report(trained, ds, config, {"checkpoint": config.checkpoint_dir, "step": state.step})
     return TrainResult(trained, summary, config.checkpoint_dir)
@@ -269,7 +279,8 @@ def _train(config: TrainConfig, ds: data.Dataset, model: dict, fleet: Fleet, sta
     sinks = ([MetricsLog(config.metrics, config.storage, append=state.step > 0)] if config.metrics else []) \
         + open_trackers(config, {**config.to_dict(), "model": model})
     progress = Progress(total, state.step, config.batch_size, spe, sinks)
-    progress.log(f"{ds.rows:,} rows x {len(ds.features)} features in {len(ds.files)} files; {len(fleet.actors)} "
+    progress.log(f"{ds.rows:,} rows x {len(ds.features) + len(ds.categorical)} columns ({fleet.prep.inputs} "
+                 f"model inputs) in {len(ds.files)} files; {len(fleet.actors)} "
                  f"workers on {sorted({i.node + '/' + i.arch for i in fleet.info})}; steps {state.step}"
                  f"..{total} of {config.batch_size} rows ({spe} per epoch)")
     if took_over:

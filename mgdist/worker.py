@@ -15,6 +15,7 @@ from mgdist import link
 from mgdist.config import TrainConfig
 from mgdist.data import Dataset, load_shard
 from mgdist.model import Metrics, ModelSpec, loss_sum, make_metrics, predict
+from mgdist.preprocess import Preprocessing, ShardSummary
 
 
 @dataclass(frozen=True)
@@ -63,11 +64,16 @@ def epoch_order(train: np.ndarray, seed: int, rank: int, epoch: int) -> np.ndarr
 
 
 class Worker:
-    """Loads its shard where it runs; a lost worker is replaced by a new one on the same shard (fleet.py)."""
+    """Loads its shard where it runs; a lost worker is replaced by a new one on the same shard (fleet.py).
 
-    def __init__(self, spec: ModelSpec, config: TrainConfig, dataset: Dataset, groups: list[int], rank: int):
+    Without `prep` it holds the raw shard until the driver, having merged every worker's
+    summary(), sends the run's Preprocessing to prepare(); with it, it prepares at once."""
+
+    def __init__(self, spec: ModelSpec, config: TrainConfig, dataset: Dataset, groups: list[int], rank: int,
+                 prep: Preprocessing | None = None):
         self.spec, self.config, self.dataset, self.rank, self.error = spec, config, dataset, rank, None
         self.slowdown = config.slowdown[rank] if rank < len(config.slowdown) else 1.0
+        self.prep = prep
         self._load(groups)
 
     def reshard(self, groups: list[int]) -> ShardInfo:
@@ -78,12 +84,27 @@ class Worker:
     def _load(self, groups: list[int]) -> None:
         self.error = None
         try:
-            self.X, self.y = load_shard(self.dataset, groups, self.config.nonfinite)
+            self.shard = load_shard(self.dataset, groups, self.config.nonfinite)
+            self.train, self.val = split_rows(len(self.shard.y), self.config.val_fraction, self.config.seed, self.rank)
+            if self.prep is not None:
+                self.prepare(self.prep)
         except Exception as e:  # reported by ready(), where the driver can name it
             self.error = e
-            return
-        self.train, self.val = split_rows(len(self.X), self.config.val_fraction, self.config.seed, self.rank)
-        threads = max(1, int(self.config.cpus_per_worker))  # one engine thread per CPU, each with 1 BLAS thread
+
+    def summary(self) -> ShardSummary:
+        """Statistics and distinct categories of every row of this shard (before the validation split)."""
+        return ShardSummary.of(self.shard.X, self.shard.y, self.shard.categories)
+
+    def prepare(self, prep: Preprocessing) -> None:
+        """Turn the raw shard into the model's inputs and target; build the model replica for them,
+        on one engine thread per CPU (each with 1 BLAS thread). The raw features and target of the
+        validation rows are kept, for the model's own metrics."""
+        self.prep, shard = prep, self.shard
+        self.val_raw = shard.X[self.val], shard.y[self.val]
+        self.X = prep.inputs_of(shard.X, shard.categories)
+        self.y = prep.target_in(shard.y)
+        del self.shard
+        threads = max(1, int(self.config.cpus_per_worker))
         set_blas_threads(threads, threads)
         self.grads = GradSum(lambda: self.spec.build(self.X.shape[1]), threads=threads)
         self._order: tuple[int | None, np.ndarray | None] = (None, None)
@@ -92,7 +113,8 @@ class Worker:
         """Shard facts once loaded; raises the loading error, if any."""
         if self.error is not None:
             raise self.error
-        return ShardInfo(len(self.X), len(self.train), len(self.val), self.X.shape[1], os.uname().nodename,
+        return ShardInfo(len(self.train) + len(self.val), len(self.train), len(self.val),
+                         len(self.dataset.features) + len(self.dataset.categorical), os.uname().nodename,
                          os.uname().machine, ray.get_runtime_context().get_node_id(), os.getpid(), versions())
 
     def _rows(self, step: int, batch: int, steps_per_epoch: int) -> np.ndarray:
@@ -147,6 +169,6 @@ class Worker:
         np.copyto(self.grads.params, weights)
         X, y = self.X[self.val], self.y[self.val]
         metrics = make_metrics(self.grads.model, self.dataset)
-        if metrics is not None:
-            metrics.add(X, y, predict(self.grads.model, X))
+        if metrics is not None:  # in the data's own units: raw features and target, the prediction transformed back
+            metrics.add(*self.val_raw, self.prep.target_out(predict(self.grads.model, X)))
         return Evaluation(loss_sum(self.grads.model, X, y), len(y), metrics)

@@ -24,7 +24,7 @@ def quantile_run(**settings) -> tuple[ModelSpec, TrainConfig]:
     """A quantile run as jobs/quantile.py's options name it: the model's (quantiles, hidden, activation,
     non_crossing; its seed is the run's) and the TrainConfig of the rest."""
     args = {MODEL_OPTIONS[k]: settings.pop(k) for k in list(settings) if k in MODEL_OPTIONS}
-    config = TrainConfig(**settings)
+    config = TrainConfig(**{"standardize": "none"} | settings)  # raw inputs, as single_process_params trains on
     return ModelSpec(QuantileMLP, args | {"seed": config.seed}), config
 
 

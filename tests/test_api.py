@@ -78,8 +78,9 @@ def gradient_descent(data: str, steps: int, lr: float) -> np.ndarray:
 @pytest.mark.parametrize("workers", [2, 3])
 def test_user_model_trains_through_the_api_like_one_process(ray_local, rows, tmp_path, workers):
     # every row in every step (batch = all rows, none held out): the global batch is the whole data whatever
-    # the shards, so k workers must give plain gradient descent's weights; SGD, so the gradient's scale counts
-    result = mgdist.train(TinyRegressor, rows, model_args={"hidden": [8], "seed": 2}, workers=workers,
+    # the shards, so k workers must give plain gradient descent's weights; SGD, so the gradient's scale counts;
+    # raw inputs, as the reference's (tests/test_preprocess.py checks the standardized ones)
+    result = mgdist.train(TinyRegressor, rows, model_args={"hidden": [8], "seed": 2}, workers=workers, standardize="none",
                           cpus_per_worker=2 / workers, batch_size=1200, val_fraction=0.0, steps=25,
                           optimizer="sgd", lr=0.1, schedule="constant", log_every=5,
                           checkpoint_dir=str(tmp_path / "ckpt"))

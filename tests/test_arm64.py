@@ -47,6 +47,7 @@ from mgdist import data
 from micrograd.nn import flatten
 from mgdist.config import TrainConfig
 from mgdist.model import ModelSpec
+from mgdist.preprocess import Preprocessing
 from mgdist.worker import Worker
 from mgdist.workloads.quantile import QuantileMLP
 
@@ -58,7 +59,7 @@ spec = ModelSpec(QuantileMLP, {"hidden": [64, 64], "seed": 7})
 params, _ = flatten(spec.build(len(ds.features)).parameters())
 weights = params + np.float32(0.3) * np.random.default_rng(11).standard_normal(params.size, np.float32)
 workers = {arch: ray.remote(Worker).options(num_cpus=1, resources={f"arch_{arch}": 0.001}).remote(
-               spec, config, ds, list(range(len(ds.group_rows))), 0) for arch in ("x86_64", "aarch64")}
+               spec, config, ds, list(range(len(ds.group_rows))), 0, Preprocessing(ds.features)) for arch in ("x86_64", "aarch64")}
 info = {arch: ray.get(w.ready.remote()) for arch, w in workers.items()}
 batch = 512
 result = {"machine": {arch: i.arch for arch, i in info.items()}, "steps": []}
@@ -122,7 +123,7 @@ def test_quantile_job_trains_across_architectures(pair):
     """Workers on both architectures, and the weights they trained are those of one process (on
     this host, from tests/reference.py) on the same global batches."""
     summary = pair / "summary.json"
-    args = ["--data", str(pair / "data"), "--arch-workers", "x86_64=1,aarch64=1", "--steps", "30", "--batch-size", "256",
+    args = ["--data", str(pair / "data"), "--standardize", "none", "--arch-workers", "x86_64=1,aarch64=1", "--steps", "30", "--batch-size", "256",
             "--hidden", "8", "--log-every", "10", "--placement-timeout", "300", "--summary-json", str(summary),
             "--checkpoint-dir", str(pair / "ckpt")]
     t = time.monotonic()

@@ -14,11 +14,11 @@ from mgdist.workloads import synthetic
 from mgdist.workloads.quantile import QuantileMLP, parse_args
 from reference import single_process_params
 
-DEFAULT_MODEL = {"levels": [0.1, 0.5, 0.9], "hidden": [64, 64], "activation": "tanh", "non_crossing": False, "seed": 0}
+DEFAULT_MODEL = {"levels": [0.1, 0.5, 0.9], "hidden": [64, 64], "activation": "relu", "non_crossing": False, "seed": 0}
 
 
 def test_defaults_are_the_configs():
-    assert parse_args([]) == (ModelSpec(QuantileMLP, DEFAULT_MODEL), TrainConfig())
+    assert parse_args([]) == (ModelSpec(QuantileMLP, DEFAULT_MODEL), TrainConfig(batch_size=4096, epochs=40.0))
 
 
 def test_every_flag_reaches_its_setting():
@@ -53,7 +53,7 @@ def test_arch_workers_set_the_number_of_workers():
     (["--quantiles", "0.3,0.3"], "quantiles must be increasing"),
     (["--arch-workers", "riscv=2"], "expected x86_64=N,aarch64=M, got 'riscv=2'"),
     (["--arch-workers", "x86_64=two"], "expected x86_64=N,aarch64=M"),
-    (["--workers", "0"], "need at least 1 worker and batch size >= workers, got 0, 16384"),
+    (["--workers", "0"], "need at least 1 worker and batch size >= workers, got 0, 4096"),
     (["--workers", "4", "--batch-size", "3"], "need at least 1 worker and batch size >= workers, got 4, 3"),
     (["--val-fraction", "1"], "val_fraction must be in [0, 1), got 1.0"),
     (["--val-fraction", "-0.1"], "val_fraction must be in [0, 1), got -0.1"),
@@ -95,7 +95,7 @@ SHARDS = [[0, 1, 2, 3], [4, 5, 6, 7]]
 
 def run(dataset: str, tmp_path, *args: str) -> tuple[ModelSpec, TrainConfig, dict]:
     spec, config = parse_args(["--data", dataset, "--hidden", "8", "--batch-size", "400", "--seed", "2", "--log-every",
-                               "5", "--checkpoint-dir", str(tmp_path / "ckpt"), *args])
+                               "5", "--standardize", "none", "--checkpoint-dir", str(tmp_path / "ckpt"), *args])
     return spec, config, train(spec, config).summary
 
 

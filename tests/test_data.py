@@ -77,29 +77,30 @@ def test_dataset_is_small_picklable_and_fingerprinted(dataset_dir, tmp_path):
 def test_shards_put_every_row_back_in_order(dataset_dir):
     ds = discover(str(dataset_dir))
     shards = [load_shard(ds, groups) for groups in plan_shards(ds.group_rows, 3)]
-    for X, y in shards:
+    for X, y, _ in shards:
         assert X.dtype == y.dtype == np.float32 and X.flags.c_contiguous and y.flags.c_contiguous
         assert X.shape == (len(y), 6)
     X0, y0 = sample(5000, 6, seed=1)
-    assert np.array_equal(np.concatenate([X for X, _ in shards]), X0)
-    assert np.array_equal(np.concatenate([y for _, y in shards]), y0)
-    X, y = load_shard(ds, [6, 2])  # any groups, in the order given
+    assert np.array_equal(np.concatenate([X for X, _, _ in shards]), X0)
+    assert np.array_equal(np.concatenate([y for _, y, _ in shards]), y0)
+    X, y, _ = load_shard(ds, [6, 2])  # any groups, in the order given
     assert np.array_equal(y, np.concatenate([y0[3000:3500], y0[1000:1500]]))
 
 
 def test_columns_of_any_numeric_type_become_float32(tmp_path):
     values = np.array([0, 1, 2, 200], dtype=np.uint8)
-    path = write_table(tmp_path / "a.parquet", i8=values.astype(np.int8), u8=values, i64=values.astype(np.int64) * 10**6,
+    path = write_table(tmp_path / "a.parquet", i8=values.astype(np.int8), u8=values, i64=values.astype(np.int64) * 10**4,
                        f16=values.astype(np.float16), f64=values / 3, y=values.astype(np.int32))
-    X, y = load_shard(discover(str(path)), [0])
-    expected = np.column_stack([values.astype(np.int8), values, values * 1e6, values, values / 3]).astype(np.float32)
+    assert discover(str(path)).features == ("f16", "f64")  # integer columns only when named
+    X, y, _ = load_shard(discover(str(path), "i8,u8,i64,f16,f64"), [0])
+    expected = np.column_stack([values.astype(np.int8), values, values * 1e4, values, values / 3]).astype(np.float32)
     assert np.array_equal(X, expected) and np.array_equal(y, values.astype(np.float32))
 
 
 def test_load_reads_only_the_shards_files_and_columns(dataset_dir, tmp_path):
     path = write_table(tmp_path / "a" / "a.parquet", x=np.arange(6.0), y=np.arange(6.0),
                        unused=[1.0, np.nan, 3, 4, 5, 6], row_group_size=3)
-    x, y = load_shard(discover(str(path.parent), "x"), [1])  # "unused" holds a NaN, never read
+    x, y, _ = load_shard(discover(str(path.parent), "x"), [1])  # "unused" holds a NaN, never read
     assert x.ravel().tolist() == y.tolist() == [3, 4, 5]
     ds = discover(str(dataset_dir))
     Path(ds.files[2].path).write_bytes(b"garbage " * 10)
@@ -118,7 +119,7 @@ def test_nonfinite_values_are_errors_or_dropped(tmp_path):
         load_shard(ds, [0])
     with pytest.raises(DataError, match=rf"^{path} row group 1, column 'f1', row 1: value null"):
         load_shard(ds, [1])
-    X, y = load_shard(ds, [0, 1], nonfinite="drop")
+    X, y, _ = load_shard(ds, [0, 1], nonfinite="drop")
     assert X[:, 0].tolist() == y.tolist() == [0, 1, 2, 4, 6, 7] and X.flags.c_contiguous
     with pytest.raises(ValueError, match="nonfinite must be"):
         load_shard(ds, [0], nonfinite="zero")
@@ -169,7 +170,7 @@ def test_missing_and_non_numeric_columns(tmp_path):
     with pytest.raises(DataError, match="target 'y' is also listed as a feature"):
         discover(str(path), ["x", "y"])
     only_target = write_table(tmp_path / "b.parquet", name=["a"], y=[2.0])
-    with pytest.raises(DataError, match="no numeric feature columns besides 'y'"):
+    with pytest.raises(DataError, match="no floating-point feature columns besides 'y'"):
         discover(str(only_target))
 
 
@@ -247,8 +248,8 @@ def test_s3_shards_equal_the_local_copy_bit_for_bit(s3_env, tmp_path, monkeypatc
     assert remote.fingerprint() == local.fingerprint()
     remote = pickle.loads(pickle.dumps(remote))  # as shipped to a worker
     for groups in plan_shards(local.group_rows, 4):
-        X, y = load_shard(local, groups)
-        X3, y3 = load_shard(remote, groups)
+        X, y, _ = load_shard(local, groups)
+        X3, y3, _ = load_shard(remote, groups)
         assert X.tobytes() == X3.tobytes() and y.tobytes() == y3.tobytes()
 
 

@@ -55,7 +55,7 @@ def single_process(ckpt: str, data: str) -> tuple[pa.Table, np.ndarray]:
     """The input table and one process's prediction of all of it."""
     model, manifest = load(ckpt)
     ds = dataset_for(manifest, data)
-    X, _ = load_shard(ds, range(len(ds.group_rows)))
+    X, _, _ = load_shard(ds, range(len(ds.group_rows)))
     return pq.read_table(data), model.predict(X)
 
 

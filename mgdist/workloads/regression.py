@@ -27,7 +27,9 @@ def huber_sums(d: np.ndarray, delta: float) -> float:
 
 
 class Regressor:
-    """y ~ MLP(x), one output; loss "mse" or "huber" (with `delta`, in the target's units)."""
+    """y ~ MLP(x), one output; loss "mse" or "huber" (with `delta`, in the units of the target as the
+    model learns it: standard deviations when it is standardized, as by default)."""
+    standardize_target = True
 
     def __init__(self, features: int, hidden: Sequence[int] = (64, 64), activation: str = "tanh",
                  loss: str = "mse", delta: float = 1.0, seed: int = 0):
