@@ -84,3 +84,17 @@ def test_aws_turns_rays_token_auth_on_with_one_token_file_everywhere():
     readme = (CLUSTER / "README.md").read_text()
     assert f"export RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH={token}" in readme and "RAY_AUTH_MODE=disabled" not in \
         readme.split("## Local AArch64 node")[0]
+
+
+def test_worker_policy_reads_the_data_and_writes_only_predictions():
+    """The documented worker role lets `mgdist predict`'s tasks write where predictions go, and no more."""
+    import json
+    import re
+    text = (CLUSTER / "README.md").read_text()
+    policy = json.loads(re.search(r"```json\n(.*?)```", text, re.S)[1])
+    writes = [s for s in policy["Statement"] if any(a.startswith("s3:Put") for a in s["Action"])]
+    assert [s["Resource"] for s in writes] == ["arn:aws:s3:::BUCKET/PREDICTIONS_PREFIX/*"]
+    assert all(s["Effect"] == "Allow" and "*" not in "".join(s["Action"]) for s in policy["Statement"])
+    actions = {a for s in policy["Statement"] for a in s["Action"]}
+    assert not actions & {"s3:DeleteObject", "s3:PutBucketPolicy", "s3:*"}
+    assert "file://worker-policy.json" in text and "AmazonS3ReadOnlyAccess" not in text
