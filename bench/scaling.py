@@ -32,7 +32,7 @@ LEVELS = tuple(np.round(np.linspace(0.1, 0.9, 9), 2))
 def single_process(path: str, batch: int, steps: int) -> float:
     """Steps/s of one process training on the same data, rows chosen and gathered as a worker does."""
     ds = data.discover(path)
-    X, y = data.load_shard(ds, range(len(ds.group_rows)))
+    X, y, _ = data.load_shard(ds, range(len(ds.group_rows)))
     grads = GradSum(lambda: QuantileMLP(X.shape[1], LEVELS, (128,), "tanh"))
     opt = Adam(grads.params.size, 1e-3)
     order = epoch_order(np.arange(len(X)), seed=0, rank=0, epoch=0)

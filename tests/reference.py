@@ -102,7 +102,7 @@ def single_process_params(spec: ModelSpec, config: TrainConfig, shards: list[lis
     mean loss over the union of every worker's rows of that global batch."""
     ds = data.discover(config.data, config.features, config.target)
     loaded = [data.load_shard(ds, s, config.nonfinite) for s in shards]
-    trains = [held_out(len(X), config.val_fraction, config.seed, r)[0] for r, (X, _) in enumerate(loaded)]
+    trains = [held_out(len(X), config.val_fraction, config.seed, r)[0] for r, (X, _, _) in enumerate(loaded)]
     batches = shares(config.batch_size, [len(t) for t in trains])
     per_epoch = min(len(t) // b for t, b in zip(trains, batches))
     total = steps if steps is not None else config.steps

@@ -152,9 +152,9 @@ def test_an_impossible_row_count_is_the_sending_workers_error(fleet, uneven_data
     _, rows, message = claims
     spec, config, ds = fleet.spec, fleet.config, fleet.ds
     lying = [fleet.actors[0]] if rows(fleet.batches) else [ray.remote(MiscountingWorker).options(max_concurrency=2).remote(
-        spec, config, ds, fleet.shards[0], 0, rows=0)]
+        spec, config, ds, fleet.shards[0], 0, fleet.prep, rows=0)]
     lying.append(ray.remote(MiscountingWorker).options(max_concurrency=2).remote(
-        spec, config, ds, fleet.shards[1], 1, rows=rows(fleet.batches)))
+        spec, config, ds, fleet.shards[1], 1, fleet.prep, rows=rows(fleet.batches)))
     ray.get([w.ready.remote() for w in lying])
     server = new_server(spec, dataclasses.replace(config, step_timeout=30.0), ds, link.Secret.new())
     with pytest.raises(BadMessage) as e:

@@ -10,10 +10,11 @@ import pytest
 import ray
 from ray.cluster_utils import Cluster
 
-from mgdist import data
+from mgdist import data, link
 from mgdist.workloads import synthetic
 from mgdist.errors import TrainingError
 from mgdist.fleet import Fleet
+from mgdist.preprocess import Preprocessing
 from mgdist.server import ParameterServer
 from mgdist.worker import Worker
 from reference import initial_params, quantile_run
@@ -45,9 +46,11 @@ def test_a_worker_that_does_not_connect_is_named(cluster, small_data):
     node = cluster.add_node(num_cpus=1, object_store_memory=100 * MB)
     spec, config = quantile_run(data=small_data, hidden=(8,), batch_size=100, steps=5, step_timeout=2)
     ds = data.discover(small_data)
-    worker = ray.remote(Worker).options(num_cpus=1, max_concurrency=2).remote(spec, config, ds, [0, 1, 2, 3], 0)
+    worker = ray.remote(Worker).options(num_cpus=1, max_concurrency=2).remote(spec, config, ds, [0, 1, 2, 3], 0,
+                                                                               Preprocessing(ds.features))
     pid = ray.get(worker.ready.remote()).pid
-    server = ray.remote(ParameterServer).options(num_cpus=0).remote(config, initial_params(spec, 6), 5)
+    server = ray.remote(ParameterServer).options(num_cpus=0).remote(config, initial_params(spec, 6), 5,
+                                                                    link.Secret.new())
     os.kill(pid, signal.SIGSTOP)
     try:
         with pytest.raises(ray.exceptions.GetTimeoutError, match=r"worker\(s\) \[0\] did not connect within 2 s \(--step-timeout\)"):

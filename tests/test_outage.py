@@ -79,8 +79,8 @@ def test_shard_loads_and_discovery_ride_out_an_outage(own_s3_env, tmp_path, monk
     uri = f"s3://{own_s3_env.bucket}/outage-data"
     synthetic.write(uri, rows=4000, features=4, files=2, row_group_rows=1000, seed=5, progress=False)
     ds = data.discover(uri)
-    X, y = data.load_shard(ds, [1, 2, 3])
-    found, (X2, y2) = during_outage(own_s3_env, lambda: data.discover(uri), lambda: data.load_shard(ds, [1, 2, 3]))
+    X, y, _ = data.load_shard(ds, [1, 2, 3])
+    found, (X2, y2, _) = during_outage(own_s3_env, lambda: data.discover(uri), lambda: data.load_shard(ds, [1, 2, 3]))
     assert found == ds
     np.testing.assert_array_equal(X2, X)
     np.testing.assert_array_equal(y2, y)

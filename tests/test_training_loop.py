@@ -12,6 +12,7 @@ import s3fs
 from mgdist import checkpoint, data
 from mgdist.config import TrainConfig
 from mgdist.errors import TrainingError
+from mgdist.preprocess import Preprocessing
 from mgdist.model import ModelSpec, Trained
 from mgdist.trainer import run
 from mgdist.worker import split_rows
@@ -34,7 +35,7 @@ def spec(hidden=(16,)) -> ModelSpec:
 
 def config(data_path: str, **kw) -> TrainConfig:
     base = dict(data=data_path, batch_size=200, steps=12, lr=0.02, schedule="cosine", warmup_steps=3,
-                val_fraction=0.25, seed=3, log_every=4, report="")
+                val_fraction=0.25, seed=3, log_every=4, report="", standardize="none")  # raw, as held_out_pinball
     return TrainConfig(**base | kw)
 
 
@@ -48,11 +49,11 @@ def held_out_pinball(params: np.ndarray, cfg: TrainConfig, hidden=(16,), workers
     ds = data.discover(cfg.data)
     X, y = [], []
     for rank, groups in enumerate(data.plan_shards(ds.group_rows, workers)):
-        Xs, ys = data.load_shard(ds, groups)
+        Xs, ys, _ = data.load_shard(ds, groups)
         val = split_rows(len(Xs), cfg.val_fraction, cfg.seed, rank)[1]
         X.append(Xs[val])
         y.append(ys[val])
-    pred = Trained(spec(hidden), len(ds.features), params).predict(np.concatenate(X)).astype(np.float64)
+    pred = Trained(spec(hidden), Preprocessing(ds.features), params).predict(np.concatenate(X)).astype(np.float64)
     diff = np.concatenate(y)[:, None] - pred
     q = np.array(LEVELS)
     return float(np.maximum(q * diff, (q - 1) * diff).mean())
