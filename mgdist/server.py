@@ -4,7 +4,7 @@ from __future__ import annotations
 import select
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import ray
@@ -13,6 +13,16 @@ from micrograd import optim
 from mgdist import link
 from mgdist.config import TrainConfig
 from mgdist.errors import BadMessage, NonFiniteError
+
+
+STEP_LOG = np.dtype([("step", "<i8"), ("rows", "<i8"), ("loss", "<f8"), ("applied", "?")])
+"""A record of each step a server took: its number, the rows it averaged, their loss sum, and
+whether it updated the parameters (False: skipped as non-finite)."""
+
+
+def step_log(records: list[tuple[int, int, float, bool]] = ()) -> np.ndarray:
+    """These (step, rows, loss, applied) records as a STEP_LOG array."""
+    return np.array(list(records), STEP_LOG)
 
 
 @dataclass
@@ -27,6 +37,7 @@ class ServerState:
     mean_s: float = 0.0               # and the mean worker's
     late: tuple[int, ...] = ()        # the workers that held up the step that failed last, past --step-timeout
     lr: float = float("nan")          # the learning rate of the last update applied (of the first, before any)
+    log: np.ndarray = field(default_factory=step_log)  # STEP_LOG records of the steps since the previous state
 
 
 def make_optimizer(config: TrainConfig, size: int, total_steps: int) -> optim.Optimizer:
@@ -58,6 +69,7 @@ class ParameterServer:
         self.skips: list[str] = []  # every step this server skipped, and why
         self.late: tuple[int, ...] = ()  # the workers that did not answer within step_timeout, last time
         self.compute_s = [0.0, 0.0]  # per step summed: the slowest worker's compute, the mean worker's
+        self.log: list[tuple[int, int, float, bool]] = []  # STEP_LOG records since the last state() call
         self.workers: list = []  # those the links below lead to, and their serve() calls
         self.links: list[socket.socket | None] = []
         self.serving: list[ray.ObjectRef] = []
@@ -168,10 +180,12 @@ class ParameterServer:
             if self.config.on_nonfinite == "error":
                 raise NonFiniteError(message)
             self.skips.append(f"{message}: step skipped")
+            self.log.append((self.step, rows, loss, False))
         else:
             self.opt.step(self.params, self.mean_grad)
             self.window[0] += loss
             self.window[1] += rows
+            self.log.append((self.step, rows, loss, True))
         self.step += 1
 
     def progress(self) -> int:
@@ -180,11 +194,12 @@ class ParameterServer:
         return self.step
 
     def state(self) -> ServerState:
-        """This server's state now; the training loss is the mean since the last call."""
+        """This server's state now; the training loss is the mean since the last call, and so is the log."""
         if self.window[1]:
             self.loss = self.window[0] / self.window[1]
         self.window = [0.0, 0]
         state = ServerState(self.step, self.params.copy(), self.opt.state_dict(), self.loss, tuple(self.skips),
-                            *self.compute_s, self.late, lr=float(self.opt.schedule(max(self.opt.steps - 1, 0))))
-        self.late = ()
+                            *self.compute_s, self.late, lr=float(self.opt.schedule(max(self.opt.steps - 1, 0))),
+                            log=step_log(self.log))
+        self.late, self.log = (), []
         return state

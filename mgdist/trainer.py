@@ -38,7 +38,7 @@ from mgdist.lease import Lease
 from mgdist.model import ModelSpec, Trained
 from mgdist.preprocess import Preprocessing
 from mgdist.report import MetricsLog, Progress, format_summary, write_json
-from mgdist.server import ParameterServer, ServerState, make_optimizer
+from mgdist.server import STEP_LOG, ParameterServer, ServerState, make_optimizer, step_log
 from mgdist.tracking import open_trackers
 from mgdist.worker import Evaluation
 
@@ -173,12 +173,16 @@ def _restore(config: TrainConfig, model: dict, size: int,
         make_optimizer(config, size, total_steps=1).load_state_dict(optimizer)
     except ValueError as e:
         raise CheckpointError(f"{where} does not fit --optimizer {config.optimizer}: {e}") from None
-    return ServerState(manifest["step"], arrays["params"], optimizer), Best(**manifest.get("best", {}))
+    log = arrays.get("steplog", step_log())  # checkpoints from before the step log have none
+    if log.dtype != STEP_LOG or log.ndim != 1 or len(log) > manifest["step"]:
+        raise CheckpointError(f"{where} has a step log of {log.dtype} x {log.shape}, not of at most "
+                              f"{manifest['step']} {STEP_LOG} records")
+    return ServerState(manifest["step"], arrays["params"], optimizer, log=log), Best(**manifest.get("best", {}))
 
 
-def _save(config: TrainConfig, ds: data.Dataset, model: dict, fleet: Fleet, state: ServerState, best: Best,
-          lease: Lease | None, retry_s: float) -> str:
-    arrays = {"params": state.params, **{f"opt.{k}": v for k, v in state.optimizer.items()}}
+def _save(config: TrainConfig, ds: data.Dataset, model: dict, fleet: Fleet, state: ServerState, log: np.ndarray,
+          best: Best, lease: Lease | None, retry_s: float) -> str:
+    arrays = {"params": state.params, **{f"opt.{k}": v for k, v in state.optimizer.items()}, "steplog": log}
     meta = {"epoch": state.step / fleet.steps_per_epoch, "config": config.to_dict(),
             "dataset": ds.fingerprint(), "model": model, "best": dataclasses.asdict(best),
             "preprocessing": fleet.prep.to_dict(),
@@ -317,18 +321,24 @@ def _train(config: TrainConfig, ds: data.Dataset, model: dict, fleet: Fleet, sta
                 progress.log(f"failure {failures} in validation: {_one_line(e)}")
                 progress.log(fleet.heal())
 
+    lineage = [state.log]  # the step log of every state taken, from the first step on (a lost server's later steps: not)
+
+    def taken(s: ServerState) -> ServerState:
+        lineage.append(s.log)
+        return s
+
     ok = False
     try:
         while state.step < total:
             stop = _next_stop(state.step, total, config)
             try:  # the server drives the steps up to the next log, validation or checkpoint point
-                state = _watched(server, server.run.remote(stop, fleet.actors, fleet.batches, fleet.steps_per_epoch),
-                                 config.step_timeout)
+                state = taken(_watched(server, server.run.remote(stop, fleet.actors, fleet.batches,
+                                                                 fleet.steps_per_epoch), config.step_timeout))
             except LOST as e:
                 failed(e)
                 late = ()
                 try:
-                    state = ray_get(server.state.remote(), timeout=config.step_timeout)
+                    state = taken(ray_get(server.state.remote(), timeout=config.step_timeout))
                     late = state.late
                     progress.log(f"failure {failures} at step {state.step}: {_one_line(e)}")
                 except LOST:
@@ -358,7 +368,7 @@ def _train(config: TrainConfig, ds: data.Dataset, model: dict, fleet: Fleet, sta
             if config.checkpoint_dir and (last or validating and config.keep_best
                                           or config.checkpoint_every and stop % config.checkpoint_every == 0):
                 try:  # a save held up for longer than a step may take is given up until the next one
-                    manifest = _save(config, ds, model, fleet, state, best, lease,
+                    manifest = _save(config, ds, model, fleet, state, np.concatenate(lineage), best, lease,
                                      checkpoint.FINAL_SAVE_S if last else config.step_timeout)
                     saved = stop
                 except SaveFailed as e:

@@ -119,6 +119,12 @@ def reference(ray_address, dataset, tmp_path_factory) -> np.ndarray:
     return final_params(where / "ckpt")
 
 
+def assert_each_step_once(ckpt: Path, steps: int = STEPS) -> None:
+    """The step log of the final checkpoint: steps 0..steps-1, each applied once, in order."""
+    log = checkpoint.load(str(ckpt), steps)[0]["steplog"]
+    assert log["step"].tolist() == list(range(steps)) and log["applied"].all()
+
+
 def assert_same_as_reference(params: np.ndarray, reference: np.ndarray) -> None:
     assert np.isfinite(params).all()
     np.testing.assert_allclose(params, reference, rtol=1e-5, atol=1e-7)
@@ -176,6 +182,7 @@ def test_parameter_server_killed_is_restored_and_lost_steps_replayed(ray_address
     assert "parameter server lost: restored step" in run.log, run.log
     assert run.summary["failures_survived"] == 1
     assert_same_as_reference(final_params(tmp_path / "ckpt"), reference)
+    assert_each_step_once(tmp_path / "ckpt")  # the lost server's steps after the driver's last state: replayed once
 
 
 def test_a_straggler_that_still_answers_is_replaced(ray_address, dataset, reference, tmp_path):
@@ -284,6 +291,7 @@ def test_driver_killed_mid_run_resumes_from_latest_checkpoint(ray_address, datas
     assert again.finish() == 0, again.log
     assert f"steps {saved[-1]}..{STEPS} " in again.log, again.log
     assert_same_as_reference(final_params(tmp_path / "ckpt"), reference)
+    assert_each_step_once(tmp_path / "ckpt")  # the log carried through the checkpoint resumed from
 
 
 def poisoned_copy(src: str, dst: Path, file: int, row: int) -> None:

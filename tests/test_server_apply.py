@@ -33,6 +33,19 @@ def test_gradients_are_averaged_over_rows_not_workers():
     assert (state.slowest_s, state.mean_s) == (3.0 + 2.0, 2.0 + 2.0)  # slowest worker per step, mean worker per step
     assert state.skips == () and int(state.optimizer["steps"]) == 2
     assert ps.state().train_loss == state.train_loss  # an empty window keeps the last loss
+    assert state.log.tolist() == [(0, 8, 4.0, True), (1, 8, 4.0, True)]  # step, rows, loss sum, applied
+
+
+def test_the_step_log_records_each_step_once_and_restarts_after_each_state():
+    ps = server([0.0], on_nonfinite="skip")
+    ps.apply([answer([1], 3, 1.5)])
+    first = ps.state()
+    ps.apply([answer([np.nan], 2, 1.0)])
+    ps.apply([answer([1], 1, 0.25), answer([1], 4, 2.0)])
+    second = ps.state()
+    assert first.log.tolist() == [(0, 3, 1.5, True)]
+    assert second.log.tolist() == [(1, 2, 1.0, False), (2, 5, 2.25, True)]
+    assert ps.state().log.tolist() == []
 
 
 def test_learning_rate_scales_the_mean_gradient():
