@@ -53,6 +53,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--workers", type=int, default=d.workers)
     p.add_argument("--cpus-per-worker", type=float, default=d.cpus_per_worker)
+    p.add_argument("--servers", type=int, default=d.servers,
+                   help="parameter server shards, each owning a contiguous range of the parameters (at most their count)")
     p.add_argument("--arch-workers", type=_arch_counts, default={}, help="workers per architecture, "
                    "e.g. x86_64=2,aarch64=4 (overrides --workers; default: any node serves)")
     p.add_argument("--balance", choices=["rows", "speed"], default=d.balance,

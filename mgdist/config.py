@@ -41,6 +41,7 @@ class TrainConfig:
     # cluster
     workers: int = 2
     cpus_per_worker: float = 1.0
+    servers: int = 1                   # parameter server shards, each a contiguous range of the parameters
     arch_workers: dict[str, int] = field(default_factory=dict)  # e.g. {"x86_64": 2, "aarch64": 4}
     address: str | None = None
     balance: str = "rows"              # shard sizes: equal "rows", or in proportion to measured "speed"
@@ -81,7 +82,7 @@ class TrainConfig:
             raise TrainingError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.standardize not in STANDARDIZE:
             raise TrainingError(f"standardize must be one of {', '.join(STANDARDIZE)}, got {self.standardize!r}")
-        positive = {"log_every": self.log_every, "step_timeout": self.step_timeout, "lr": self.lr,
+        positive = {"servers": self.servers, "log_every": self.log_every, "step_timeout": self.step_timeout, "lr": self.lr,
                     "epochs": self.epochs, "cpus_per_worker": self.cpus_per_worker,
                     "placement_timeout": self.placement_timeout, "steps": 1 if self.steps is None else self.steps}
         at_least_zero = {"checkpoint_every": self.checkpoint_every, "keep_checkpoints": self.keep_checkpoints,

@@ -1,10 +1,13 @@
-"""ParameterServer actor: drives the steps, averages workers' gradients by rows, steps the optimiser."""
+"""ParameterServer actor: one shard of the flat parameters; drives the steps, averages workers'
+gradients by rows, steps the optimiser on its shard."""
 from __future__ import annotations
 
+import contextlib
 import select
 import socket
 import time
-from dataclasses import dataclass, field
+from concurrent import futures
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import ray
@@ -12,7 +15,7 @@ import ray
 from micrograd import optim
 from mgdist import link
 from mgdist.config import TrainConfig
-from mgdist.errors import BadMessage, NonFiniteError
+from mgdist.errors import BadMessage, NonFiniteError, TrainingError
 
 
 STEP_LOG = np.dtype([("step", "<i8"), ("rows", "<i8"), ("loss", "<f8"), ("applied", "?")])
@@ -40,6 +43,40 @@ class ServerState:
     log: np.ndarray = field(default_factory=step_log)  # STEP_LOG records of the steps since the previous state
 
 
+def shard_ranges(size: int, servers: int) -> list[tuple[int, int]]:
+    """The range [lo, hi) of a flat vector of `size` that each of `servers` shards owns: contiguous,
+    in order, covering it, their lengths differing by at most one (the longer ones first)."""
+    short, longer = divmod(size, servers)
+    bounds = [s * short + min(s, longer) for s in range(servers + 1)]
+    return list(zip(bounds, bounds[1:]))
+
+
+def split_state(state: ServerState, lo: int, hi: int) -> ServerState:
+    """The part of `state` a shard owning [lo, hi) starts from: its slice of the parameters and of
+    every optimiser array as long as they (the step count is every shard's)."""
+    size = state.params.size
+    optimizer = None if state.optimizer is None else \
+        {k: v[lo:hi] if v.shape == (size,) else v for k, v in state.optimizer.items()}
+    return replace(state, params=state.params[lo:hi], optimizer=optimizer)
+
+
+def join_states(states: list[ServerState]) -> ServerState:
+    """The whole of the shards' states, in shard order: parameters and optimiser arrays concatenated,
+    the figures, skips and step log of shard 0, the late workers of any. TrainingError if the shards
+    are not at the same step, or their step logs disagree on any step, its rows or whether it was applied."""
+    first = states[0]
+    for s, other in enumerate(states[1:], 1):
+        if other.step != first.step:
+            raise TrainingError(f"parameter server shard {s} is at step {other.step}, shard 0 at {first.step}")
+        if other.log[["step", "rows", "applied"]].tolist() != first.log[["step", "rows", "applied"]].tolist():
+            raise TrainingError(f"parameter server shard {s}'s step log disagrees with shard 0's "
+                                f"before step {first.step}")
+    joined = {k: np.concatenate([s.optimizer[k] for s in states]) if v.ndim else v
+              for k, v in first.optimizer.items()}
+    return replace(first, params=np.concatenate([s.params for s in states]), optimizer=joined,
+                   late=tuple(sorted({w for s in states for w in s.late})))
+
+
 def make_optimizer(config: TrainConfig, size: int, total_steps: int) -> optim.Optimizer:
     lr = {"constant": lambda: optim.constant(config.lr),
           "linear": lambda: optim.warmup_linear(config.lr, config.warmup_steps),
@@ -50,10 +87,12 @@ def make_optimizer(config: TrainConfig, size: int, total_steps: int) -> optim.Op
 
 
 class ParameterServer:
-    """Holds the flat parameters and optimiser state, and drives the steps: each step sends the
-    weights to every worker and applies what they return, over a link (mgdist/link.py) to each.
-    Its own step counter says which step comes next, so no step can be applied twice or
-    skipped, whatever the driver retries."""
+    """Holds one shard of the flat parameters (all of them when it is the only one) and its slice of
+    the optimiser state, and drives the steps: each step sends its slice of the weights to every
+    worker and applies what they return for it, over a link (mgdist/link.py) to each, all links at
+    once. Its own step counter says which step comes next, so no step can be applied twice or
+    skipped, whatever the driver retries. The optimisers are elementwise (micrograd/optim.py: no
+    global norm), so S shards step exactly as one server would."""
 
     def __init__(self, config: TrainConfig, params: np.ndarray, total_steps: int, secret: link.Secret, step: int = 0,
                  optimizer_state: dict | None = None):
@@ -70,77 +109,123 @@ class ParameterServer:
         self.late: tuple[int, ...] = ()  # the workers that did not answer within step_timeout, last time
         self.compute_s = [0.0, 0.0]  # per step summed: the slowest worker's compute, the mean worker's
         self.log: list[tuple[int, int, float, bool]] = []  # STEP_LOG records since the last state() call
-        self.workers: list = []  # those the links below lead to, and their serve() calls
-        self.links: list[socket.socket | None] = []
+        self.listener: socket.socket | None = None  # open from listen() until the next run() has accepted
+        self.links: list[socket.socket | None] = []  # to the workers whose serve() calls are self.serving
         self.serving: list[ray.ObjectRef] = []
+        self.pool: futures.ThreadPoolExecutor | None = None  # a thread per link but worker 0's: its send, then its receive
+        self.talks: list[futures.Future] = []  # this step's exchanges on those threads
         self.checked = 0.0  # when Ray was last asked whether every serve() call is still running
 
-    def run(self, stop: int, workers: list, batches: list[int], steps_per_epoch: int) -> ServerState:
+    def listen(self) -> tuple[str, int]:
+        """Close the links (which ends the workers' serve() calls), open a listener and return its
+        (host, port): the workers' serve() calls that the next run() is given connect there."""
+        self._disconnect()
+        self.listener = socket.create_server((ray.util.get_node_ip_address(), 0))
+        return self.listener.getsockname()[:2]
+
+    def run(self, stop: int, serving: list[ray.ObjectRef], batches: list[int], steps_per_epoch: int) -> ServerState:
         """Take steps until step `stop`, worker w computing `batches[w]` rows of each; then state().
 
-        A lost worker raises here (as the Ray error), and so does one that does not answer within
-        step_timeout (GetTimeoutError, naming it); the steps before stay applied. Any error
-        closes the links; the next run opens new ones.
+        `serving`: worker w's serve() call, for each w. After listen() their links are accepted
+        first; else the links of the last run() go on. A lost worker raises here (as the Ray
+        error), and so does one that does not answer within step_timeout (GetTimeoutError, naming
+        it); the steps before stay applied. Any error closes the links; listen() opens new ones.
         """
-        timeout = self.config.step_timeout
         try:
-            if workers != self.workers or ray.wait(self.serving, timeout=0)[0]:  # new workers, or one's link timed out
-                self._connect(workers)
-            received = [np.empty_like(self.params) for _ in workers]
+            if self.listener is not None:
+                self._accept(serving)
+            elif not self.links:
+                raise TrainingError("the parameter server has no links to workers: listen() first")
+            received = [np.empty_like(self.params) for _ in self.links]
             while self.step < stop:
-                answers, w = [], 0
-                try:
-                    for w, (sock, b) in enumerate(zip(self.links, batches)):
-                        link.send(sock, (self.step, b, steps_per_epoch), self.params)
-                    for w, (sock, grad) in enumerate(zip(self.links, received)):
-                        self._await(sock, time.monotonic() + timeout)
-                        rows, loss, seconds = link.recv(sock, grad)
-                        if not (0 <= rows <= batches[w] and rows == int(rows) and 0 <= seconds < float("inf")):
-                            raise BadMessage(f"step {self.step}: worker {w} sent {rows:g} rows and {seconds:g} s "
-                                             f"of compute, where it was asked for {batches[w]} rows")
-                        answers.append((grad, int(rows), loss, seconds))
-                except TimeoutError:
-                    self.late = (w,)
-                    self._raise_lost([w], f"step {self.step}: worker(s) [{w}] did not answer within "
-                                          f"{timeout:g} s (--step-timeout)", wait=0)
-                except OSError:  # its end closed: its serve() call says why (its actor died, or it failed)
-                    self._raise_lost([w], f"step {self.step}: worker(s) [{w}] closed its link", wait=timeout)
-                self.apply(answers)
+                self.apply(self._exchange(received, batches, steps_per_epoch))
         except BaseException:
             self._disconnect()
             raise
         return self.state()
 
-    def _connect(self, workers: list) -> None:
-        """A link to each worker: it connects to this server and serves steps until the link closes.
-        Links to other workers close first, which ends their serve() calls. Peers that do not prove
-        they are this run's workers are dropped (link.accept), each noted in self.dropped."""
-        self._disconnect()
-        host, timeout = ray.util.get_node_ip_address(), self.config.step_timeout
-        with socket.create_server((host, 0)) as listener:
-            self.workers = list(workers)
-            self.serving = [w.serve.remote(host, listener.getsockname()[1], i, self.secret) for i, w in enumerate(workers)]
-            self.links, dropped = link.accept(listener, self.secret, len(workers), time.monotonic() + timeout, timeout,
-                                              poll=lambda: ray.get(ray.wait(self.serving, timeout=0)[0]))
+    def _accept(self, serving: list[ray.ObjectRef]) -> None:
+        """The link of each worker's serve() call: each connects to this server's listener. Peers
+        that do not prove they are this run's workers are dropped (link.accept), each noted in
+        self.dropped."""
+        timeout, self.serving = self.config.step_timeout, list(serving)
+        with self.listener:
+            self.links, dropped = link.accept(self.listener, self.secret, len(serving), time.monotonic() + timeout,
+                                              timeout, poll=lambda: ray.get(ray.wait(self.serving, timeout=0)[0]))
+        self.listener = None
         for line in dropped:
             print(line, flush=True)  # to this actor's log
         self.dropped += dropped
         missing = [i for i, s in enumerate(self.links) if s is None]
         if missing:
             self._raise_lost(missing, f"worker(s) {missing} did not connect within {timeout:g} s (--step-timeout)", wait=0)
+        self.pool = futures.ThreadPoolExecutor(max(1, len(self.links) - 1), thread_name_prefix="link")
+
+    def _exchange(self, received: list[np.ndarray], batches: list[int],
+                  steps_per_epoch: int) -> list[tuple[np.ndarray, int, float, float]]:
+        """One step's messages: the weights to every worker and its answer, (gradient sum into
+        `received[w]`, rows, loss sum, seconds), all links at once: worker 0's on this thread, each
+        other's on a thread of its own, so that no worker waits for another's transfer. Meanwhile,
+        and once a second in any case, Ray is asked whether a worker's serve() has ended (its actor
+        died, or its node was declared dead: a vanished machine closes no socket). The first worker
+        (in rank order) whose exchange failed raises: not answering within step_timeout makes it `late`."""
+        timeout = self.config.step_timeout
+        numbers = [(self.step, b, steps_per_epoch) for b in batches]
+        self.talks = [self.pool.submit(self._talk, *args) for args in zip(self.links[1:], numbers[1:], received[1:])]
+        first: futures.Future = futures.Future()
+        try:
+            first.set_result(self._talk(self.links[0], numbers[0], received[0], time.monotonic() + timeout))
+        except Exception as e:
+            first.set_exception(e)
+        talks, pending = [first, *self.talks], self.talks
+        while pending and first.exception() is None:
+            self._poll()
+            _, pending = futures.wait(pending, timeout=1, return_when=futures.FIRST_EXCEPTION)
+            if any(talk.done() and talk.exception() is not None for talk in self.talks):
+                break
+        failed = [w for w, talk in enumerate(talks) if talk.done() and talk.exception() is not None]
+        if failed:
+            w, error = failed[0], talks[failed[0]].exception()
+            if isinstance(error, TimeoutError):
+                self.late = (w,)
+                self._raise_lost([w], f"step {self.step}: worker(s) [{w}] did not answer within "
+                                      f"{timeout:g} s (--step-timeout)", wait=0)
+            if isinstance(error, OSError):  # its end closed: its serve() call says why (its actor died, or it failed)
+                self._raise_lost([w], f"step {self.step}: worker(s) [{w}] closed its link", wait=timeout)
+            raise error
+        answers = []
+        for w, (talk, grad) in enumerate(zip(talks, received)):
+            rows, loss, seconds = talk.result()
+            if not (0 <= rows <= batches[w] and rows == int(rows) and 0 <= seconds < float("inf")):
+                raise BadMessage(f"step {self.step}: worker {w} sent {rows:g} rows and {seconds:g} s "
+                                 f"of compute, where it was asked for {batches[w]} rows")
+            answers.append((grad, int(rows), loss, seconds))
+        return answers
+
+    def _talk(self, sock: socket.socket, numbers: tuple[int, int, int], grad: np.ndarray,
+              deadline: float | None = None) -> tuple[float, float, float]:
+        """Send a worker this step's numbers and weights; its answer's numbers, its array read into
+        `grad`. Its link's read timeout (step_timeout) raises TimeoutError; with a `deadline`, the
+        answer is awaited polling Ray (_await)."""
+        link.send(sock, numbers, self.params)
+        if deadline is not None:
+            self._await(sock, deadline)
+        return link.recv(sock, grad)
 
     def _await(self, sock: socket.socket, deadline: float) -> None:
-        """Wait until `sock` has an answer; meanwhile, and once a second in any case, ask Ray
-        whether a worker's serve() has ended (its actor died, or its node was declared dead:
-        a vanished machine closes no socket). TimeoutError after `deadline`."""
+        """Wait until `sock` has an answer, polling Ray (_poll); TimeoutError after `deadline`."""
         while True:
-            if time.monotonic() >= self.checked + 1:
-                self.checked = time.monotonic()
-                ray.get(ray.wait(self.serving, num_returns=1, timeout=0)[0])  # raises an ended one's error
+            self._poll()
             if select.select([sock], [], [], 1)[0]:
                 return
             if time.monotonic() >= deadline:
                 raise TimeoutError
+
+    def _poll(self) -> None:
+        """At most once a second, raise the error of a worker's serve() call that has ended."""
+        if time.monotonic() >= self.checked + 1:
+            self.checked = time.monotonic()
+            ray.get(ray.wait(self.serving, num_returns=1, timeout=0)[0])
 
     def _raise_lost(self, ranks: list[int], message: str, wait: float):
         """Raise the error of the first of these workers' serve() calls to have ended within
@@ -150,10 +235,16 @@ class ParameterServer:
         raise ray.exceptions.GetTimeoutError(message)
 
     def _disconnect(self) -> None:
-        for sock in self.links:
+        """Close the listener and the links, waking the threads blocked on them; wait for those."""
+        for sock in [self.listener, *self.links]:
             if sock is not None:
+                with contextlib.suppress(OSError):  # not connected
+                    sock.shutdown(socket.SHUT_RDWR)
                 sock.close()
-        self.workers, self.links, self.serving = [], [], []
+        futures.wait(self.talks)
+        if self.pool is not None:
+            self.pool.shutdown()
+        self.listener, self.links, self.serving, self.pool, self.talks = None, [], [], None, []
 
     def apply(self, results: list[tuple[np.ndarray, int, float, float]]) -> None:
         """Average (gradient sum, rows, loss sum, seconds) of every worker over rows; step once.

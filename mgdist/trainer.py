@@ -2,10 +2,10 @@
 
 Each step the parameter server sends the weights to every worker, each worker returns the
 gradient sum of its slice of the global batch, and the server averages them by rows and
-steps the optimiser. The server drives the steps itself, over a socket to each worker; the
-driver asks it to run up to the next log or checkpoint point, and when a worker or the
-server is lost, replaces it and replays from the server's last state, so no step is lost
-and none is applied twice. Nothing here knows the model: it comes as a ModelSpec.
+steps the optimiser. The server (--servers S shards of the parameters, mgdist/shards.py)
+drives the steps itself, over a socket to each worker; the driver asks it to run up to the
+next log or checkpoint point, and when a worker or a shard is lost, replaces it and replays
+from the last state, so no step is lost and none is applied twice. Nothing here knows the model: it comes as a ModelSpec.
 
 Every --val-every steps (and at the end) the workers score the weights on their held-out rows
 and the driver merges their figures (a validation round): into the progress line, the metrics
@@ -20,16 +20,14 @@ import math
 import os
 import tempfile
 import time
-import uuid
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
 import ray
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from micrograd.nn import flatten
-from mgdist import checkpoint, data, link
+from mgdist import checkpoint, data
 from mgdist.config import TrainConfig
 from mgdist.errors import CheckpointError, SaveFailed, TrainingError
 from mgdist.evaluate import check_report_dir, write_report
@@ -38,7 +36,8 @@ from mgdist.lease import Lease
 from mgdist.model import ModelSpec, Trained
 from mgdist.preprocess import Preprocessing
 from mgdist.report import MetricsLog, Progress, format_summary, write_json
-from mgdist.server import STEP_LOG, ParameterServer, ServerState, make_optimizer, step_log
+from mgdist.server import STEP_LOG, ServerState, make_optimizer, step_log
+from mgdist.shards import Shards
 from mgdist.tracking import open_trackers
 from mgdist.worker import Evaluation
 
@@ -110,29 +109,6 @@ def _one_line(e: BaseException) -> str:
     lines = str(e).strip().splitlines() or [""]
     actor = next((line.split(":", 1)[1].strip() for line in lines if line.strip().startswith("name:")), "")
     return f"{type(e).__name__}: {lines[0]}{f' ({actor})' if actor else ''}"
-
-
-HUNG_ROUNDS = 3  # a server that takes no step in this many --step-timeout periods is hung
-
-
-def _watched(server, run: ray.ObjectRef, step_timeout: float) -> ServerState:
-    """The result of `server`'s run() call; meanwhile the server must take a step in every
-    HUNG_ROUNDS x step_timeout seconds (a step waits at most step_timeout for each worker, and
-    as long again for Ray to say why one is gone), else GetTimeoutError, as for a lost worker."""
-    last, still = None, 0
-    while True:
-        done, _ = ray.wait([run], timeout=step_timeout)
-        if done:
-            return ray_get(run)
-        try:
-            step = ray.get(server.progress.remote(), timeout=step_timeout)
-        except ray.exceptions.GetTimeoutError:
-            step = last
-        still = still + 1 if step == last else 0
-        if still >= HUNG_ROUNDS:
-            raise ray.exceptions.GetTimeoutError(f"the parameter server took no step in {HUNG_ROUNDS} x "
-                                                 f"{step_timeout:g} s (--step-timeout): hung")
-        last = step
 
 
 def _latest(config: TrainConfig, ds: data.Dataset) -> tuple[dict, dict] | None:
@@ -232,6 +208,9 @@ def _run(spec: ModelSpec, config: TrainConfig, lease: Lease | None, took_over: s
         model = spec.build(features)
         params, _ = flatten(model.parameters())
         described = spec.describe(model, features)
+        if config.servers > params.size:
+            raise TrainingError(f"--servers {config.servers} exceeds the model's {params.size} parameters: "
+                                "each shard needs at least one")
         state, best = _restore(config, described, params.size, found) or (ServerState(0, params.copy(), None), Best())
         state, summary = _train(config, ds, described, fleet, state, best, servers, lease, took_over, on_validation)
     finally:
@@ -269,23 +248,15 @@ def _train(config: TrainConfig, ds: data.Dataset, model: dict, fleet: Fleet, sta
     spe = fleet.steps_per_epoch
     total = config.steps if config.steps is not None else max(1, math.ceil(config.epochs * spe))
 
-    def new_server(s: ServerState):
-        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
-        servers.append(ray.remote(ParameterServer).options(
-            num_cpus=0, scheduling_strategy=here, name=f"mgdist-server-{uuid.uuid4().hex[:8]}",
-            max_concurrency=2).remote(  # run() and progress()
-            config, s.params, total, secret, s.step, s.optimizer))
-        return servers[-1]
-
-    secret = link.Secret.new()  # for the server's links to its workers: handed over by Ray only
-    server = new_server(state)
-    ray_get(server.state.remote())  # started, so the clock below measures training alone
+    shards = Shards(config, total, state, servers)
+    shards.ready()  # started, so the clock below measures training alone
     sinks = ([MetricsLog(config.metrics, config.storage, append=state.step > 0)] if config.metrics else []) \
         + open_trackers(config, {**config.to_dict(), "model": model})
     progress = Progress(total, state.step, config.batch_size, spe, sinks)
     progress.log(f"{ds.rows:,} rows x {len(ds.features) + len(ds.categorical)} columns ({fleet.prep.inputs} "
                  f"model inputs) in {len(ds.files)} files; {len(fleet.actors)} "
-                 f"workers on {sorted({i.node + '/' + i.arch for i in fleet.info})}; steps {state.step}"
+                 f"workers on {sorted({i.node + '/' + i.arch for i in fleet.info})}"
+                 + (f", {config.servers} parameter server shards" if config.servers > 1 else "") + f"; steps {state.step}"
                  f"..{total} of {config.batch_size} rows ({spe} per epoch)")
     if took_over:
         progress.log(took_over)
@@ -331,21 +302,18 @@ def _train(config: TrainConfig, ds: data.Dataset, model: dict, fleet: Fleet, sta
     try:
         while state.step < total:
             stop = _next_stop(state.step, total, config)
-            try:  # the server drives the steps up to the next log, validation or checkpoint point
-                state = taken(_watched(server, server.run.remote(stop, fleet.actors, fleet.batches,
-                                                                 fleet.steps_per_epoch), config.step_timeout))
+            try:  # the shards drive the steps up to the next log, validation or checkpoint point
+                state = taken(shards.run(stop, fleet.actors, fleet.batches, fleet.steps_per_epoch))
             except LOST as e:
                 failed(e)
-                late = ()
-                try:
-                    state = taken(ray_get(server.state.remote(), timeout=config.step_timeout))
-                    late = state.late
+                now, late, lost = shards.recover(state)
+                if not lost:
+                    state = taken(now)
                     progress.log(f"failure {failures} at step {state.step}: {_one_line(e)}")
-                except LOST:
-                    ray.kill(server)
-                    server = new_server(state)
+                else:
+                    which = f" (shard(s) {lost} of {config.servers} started again)" if config.servers > 1 else ""
                     progress.log(f"failure {failures}: {_one_line(e)}; parameter server lost: restored step "
-                                 f"{state.step}, replaying from there")
+                                 f"{state.step}, replaying from there{which}")
                 progress.log(fleet.heal(late))
                 continue
             for message in state.skips:  # all so far: a replay or a discarded state loses none

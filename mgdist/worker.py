@@ -1,6 +1,7 @@
 """Worker actor: one shard of the data and a model replica; gradient sums of its part of each step."""
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import time
@@ -14,8 +15,10 @@ from micrograd.parallel import GradSum, set_blas_threads
 from mgdist import link
 from mgdist.config import TrainConfig
 from mgdist.data import Dataset, load_shard
+from mgdist.errors import BadMessage
 from mgdist.model import Metrics, ModelSpec, loss_sum, make_metrics, predict
 from mgdist.preprocess import Preprocessing, ShardSummary
+from mgdist.server import shard_ranges
 
 
 @dataclass(frozen=True)
@@ -139,18 +142,31 @@ class Worker:
         grad, loss = self._grad_sum(rows)
         return grad, len(rows), loss, time.perf_counter() - t
 
-    def serve(self, host: str, port: int, index: int, secret: link.Secret) -> None:
-        """Connect to the parameter server at host:port as its worker `index` (proved with the run's
-        secret), then compute each step it sends (weights, step, rows, steps per epoch) and answer
-        with grad()'s result, until the server closes the link or sends nothing for --step-timeout."""
+    def serve(self, addresses: list[tuple[str, int]], index: int, secret: link.Secret) -> None:
+        """Connect to each parameter server shard at these (host, port) as its worker `index` (proved
+        with the run's secret), then compute each step they send (step, rows, steps per epoch, and
+        each its slice of the weights, server.shard_ranges) and answer every shard with grad()'s
+        numbers and its slice of the gradient, until a shard closes its link or sends nothing for
+        --step-timeout. A gradient with a non-finite value anywhere goes with a NaN loss to every
+        shard, so that all of them skip (or stop at) the same step."""
         weights = np.empty_like(self.grads.params)
-        with link.connect(host, port, secret, index, timeout=self.config.step_timeout) as sock:
+        ranges = shard_ranges(weights.size, len(addresses))
+        with contextlib.ExitStack() as links:
+            socks = [links.enter_context(link.connect(host, port, secret, index, timeout=self.config.step_timeout))
+                     for host, port in addresses]
             try:
                 while True:
-                    step, batch, steps_per_epoch = link.recv(sock, weights)
+                    asked = {link.recv(sock, weights[lo:hi]) for sock, (lo, hi) in zip(socks, ranges)}
+                    if len(asked) > 1:
+                        raise BadMessage(f"worker {index}: the parameter server shards sent (step, rows, steps "
+                                         f"per epoch) {sorted(asked)}, not one step")
+                    step, batch, steps_per_epoch = asked.pop()
                     grad, rows, loss, seconds = self.grad(weights, int(step), int(batch), int(steps_per_epoch))
-                    link.send(sock, (rows, loss, seconds), grad)
-            except OSError:  # the server closed the link, or is gone (grad() does no I/O)
+                    if len(socks) > 1 and not np.isfinite(grad).all():
+                        loss = float("nan")
+                    for sock, (lo, hi) in zip(socks, ranges):
+                        link.send(sock, (rows, loss, seconds), grad[lo:hi])
+            except OSError:  # a shard closed its link, or is gone (grad() does no I/O)
                 return
 
     def speed(self, batch: int, repeats: int = 3) -> float:

@@ -88,11 +88,10 @@ class Driver:
             raise AssertionError(f"driver still running after {timeout} s:\n{self.log}") from None
 
     def actors(self, kind: str) -> dict[int, ray.actor.ActorHandle]:
-        """This run's live actors of a kind ("worker" or "server"), by worker rank (server: 0)."""
+        """This run's live actors of a kind ("worker" or "server"), by worker rank or server shard."""
         found = [a for a in ray.util.list_named_actors(all_namespaces=True)
                  if a["name"].startswith(f"mgdist-{kind}-") and a["name"] not in self.older]
-        return {int(a["name"].split("-")[2]) if kind == "worker" else 0: ray.get_actor(a["name"], namespace=a["namespace"])
-                for a in found}
+        return {int(a["name"].split("-")[2]): ray.get_actor(a["name"], namespace=a["namespace"]) for a in found}
 
     @property
     def log(self) -> str:
@@ -183,6 +182,26 @@ def test_parameter_server_killed_is_restored_and_lost_steps_replayed(ray_address
     assert run.summary["failures_survived"] == 1
     assert_same_as_reference(final_params(tmp_path / "ckpt"), reference)
     assert_each_step_once(tmp_path / "ckpt")  # the lost server's steps after the driver's last state: replayed once
+
+
+def test_a_server_shard_then_a_worker_killed_with_two_shards(ray_address, dataset, reference, tmp_path):
+    """--servers 2: a lost shard is restored (with the other, to the driver's last state) and the
+    steps since replayed; a lost worker is replaced and its steps recomputed by both shards."""
+    run = Driver(tmp_path, job_args(dataset, tmp_path / "ckpt", "--address", ray_address, "--servers", "2"))
+    shard = run.wait_until(lambda: run.actors("server").get(1), "parameter server shard 1")
+    assert set(run.actors("server")) == {0, 1}
+    run.wait_until(lambda: run.step() >= 50, "step 50")
+    ray.kill(shard, no_restart=False)
+    run.wait_until(lambda: "parameter server lost: restored step" in run.log, "the shard restored")
+    worker = run.wait_until(lambda: run.actors("worker").get(1), "worker 1")
+    run.wait_until(lambda: run.step() >= 130, "step 130")
+    ray.kill(worker, no_restart=False)
+    assert run.finish() == 0, run.log
+    assert "2 parameter server shards" in run.log and "of 2 started again)" in run.log, run.log
+    assert "replaced worker(s) [1] on their shards" in run.log, run.log
+    assert run.summary["failures_survived"] == 2
+    assert_same_as_reference(final_params(tmp_path / "ckpt"), reference)
+    assert_each_step_once(tmp_path / "ckpt")
 
 
 def test_a_straggler_that_still_answers_is_replaced(ray_address, dataset, reference, tmp_path):
@@ -359,6 +378,22 @@ def test_nonfinite_steps_are_skipped_when_asked_even_across_a_replay(ray_address
     arrays, _ = checkpoint.load(str(tmp_path / "ckpt"), STEPS)
     assert np.isfinite(arrays["params"]).all()
     assert int(arrays["opt.steps"]) == STEPS - len(bad_steps)  # the optimiser counts applied updates only
+
+
+def test_nonfinite_steps_are_skipped_by_every_server_shard(ray_address, poisoned, tmp_path):
+    """--servers 2: the worker whose gradient overflows sends a NaN loss to both shards, so both
+    skip the same steps (the joined state checks their step logs agree)."""
+    path, bad_steps = poisoned
+    run = Driver(tmp_path, job_args(path, tmp_path / "ckpt", "--address", ray_address, "--on-nonfinite", "skip",
+                                    "--standardize", "none", "--servers", "2"))
+    assert run.finish() == 0, run.log
+    skipped = [int(line.split()[1].rstrip(":")) for line in run.log.splitlines() if line.endswith(": step skipped")]
+    assert skipped == bad_steps, run.log
+    arrays, _ = checkpoint.load(str(tmp_path / "ckpt"), STEPS)
+    assert np.isfinite(arrays["params"]).all()
+    assert int(arrays["opt.steps"]) == STEPS - len(bad_steps)
+    log = arrays["steplog"]
+    assert log["step"].tolist() == list(range(STEPS)) and log["step"][~log["applied"]].tolist() == bad_steps
 
 
 def test_nodes_removed_mid_run_are_replaced_or_the_shards_replanned(dataset, tmp_path):

@@ -14,7 +14,8 @@ import ray
 
 from mgdist import data, link
 from mgdist.fleet import Fleet, ray_get
-from mgdist.server import BadMessage, ParameterServer
+from mgdist.server import BadMessage, ParameterServer, ServerState
+from mgdist.shards import Shards
 from mgdist.worker import Worker
 from reference import initial_params, single_process_params
 from test_train import SHARDS, small_config, uneven_data  # noqa: F401 (fixture)
@@ -28,31 +29,6 @@ def fleet(ray_local, uneven_data, tmp_path_factory):
     fleet.start()
     yield fleet
     fleet.stop()
-
-
-def pid_of(actor) -> int:
-    return ray.get(actor.__ray_call__.remote(lambda self: os.getpid()))
-
-
-def listening_port(pid: int, timeout: float = 30) -> int:
-    """The TCP port a process listens on (from /proc): the server's, once its run() has opened it."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        inodes = set()
-        for fd in os.listdir(f"/proc/{pid}/fd"):
-            try:
-                target = os.readlink(f"/proc/{pid}/fd/{fd}")
-            except FileNotFoundError:
-                continue
-            if target.startswith("socket:["):
-                inodes.add(target[8:-1])
-        with open(f"/proc/{pid}/net/tcp") as f:
-            for line in f.readlines()[1:]:
-                fields = line.split()
-                if fields[3] == "0A" and fields[9] in inodes:  # LISTEN
-                    return int(fields[1].split(":")[1], 16)
-        time.sleep(0.05)
-    raise AssertionError(f"process {pid} opened no listening socket within {timeout} s")
 
 
 def fake_peer(port: int) -> tuple[socket.socket, bytes]:
@@ -81,18 +57,23 @@ def new_server(spec, config, ds, secret: link.Secret):
                                                                  config.steps, secret)
 
 
+def start_serving(server, workers: list, secret: link.Secret) -> tuple[int, list[ray.ObjectRef]]:
+    """The server's listening port, and the workers' serve() calls connecting to it (as the driver starts them)."""
+    host, port = ray.get(server.listen.remote())
+    return port, [w.serve.remote([(host, port)], i, secret) for i, w in enumerate(workers)]
+
+
 def test_only_the_runs_workers_get_in_and_the_run_goes_on(fleet, uneven_data, tmp_path):
     spec, config = small_config(uneven_data, tmp_path, step_timeout=40.0)  # the server's: the deadline to connect
     ds = fleet.ds
     secret = link.Secret.new()
     server = new_server(spec, config, ds, secret)
-    server_pid = pid_of(server)
     workers = [ray.get(w.ready.remote()).pid for w in fleet.actors]
     for pid in workers:  # held up, so that the fake peers come first
         os.kill(pid, signal.SIGSTOP)
     try:
-        done = server.run.remote(config.steps, fleet.actors, fleet.batches, fleet.steps_per_epoch)
-        port = listening_port(server_pid)
+        port, serving = start_serving(server, fleet.actors, secret)
+        done = server.run.remote(config.steps, serving, fleet.batches, fleet.steps_per_epoch)
         idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(5)]  # never say a word
         impostor, challenge = fake_peer(port)  # claims worker 1 first, without the secret
         impostor.sendall(link.hello(link.Secret.new(), challenge, 1))
@@ -156,9 +137,11 @@ def test_an_impossible_row_count_is_the_sending_workers_error(fleet, uneven_data
     lying.append(ray.remote(MiscountingWorker).options(max_concurrency=2).remote(
         spec, config, ds, fleet.shards[1], 1, fleet.prep, rows=rows(fleet.batches)))
     ray.get([w.ready.remote() for w in lying])
-    server = new_server(spec, dataclasses.replace(config, step_timeout=30.0), ds, link.Secret.new())
+    secret = link.Secret.new()
+    server = new_server(spec, dataclasses.replace(config, step_timeout=30.0), ds, secret)
+    _, serving = start_serving(server, lying, secret)
     with pytest.raises(BadMessage) as e:
-        ray_get(server.run.remote(config.steps, lying, fleet.batches, fleet.steps_per_epoch), timeout=60)
+        ray_get(server.run.remote(config.steps, serving, fleet.batches, fleet.steps_per_epoch), timeout=60)
     expected = message.format(b0=fleet.batches[0], b1p=fleet.batches[1] + 1)
     assert str(e.value).startswith(f"step 0: {expected}") and "\n" not in str(e.value), e.value
     for actor in lying[1:] if lying[0] is fleet.actors[0] else lying:
@@ -168,15 +151,54 @@ def test_an_impossible_row_count_is_the_sending_workers_error(fleet, uneven_data
 
 def test_a_workers_link_times_out_after_step_timeout_and_the_next_run_reconnects(fleet):
     """A worker waits for the next step no longer than --step-timeout (a hung or lost server must
-    not hold its serve() forever); the server then opens new links, and the steps come out the same."""
-    spec, config, ds = fleet.spec, fleet.config, fleet.ds
-    server = new_server(spec, config, ds, link.Secret.new())
-    ray_get(server.run.remote(5, fleet.actors, fleet.batches, fleet.steps_per_epoch), timeout=60)
-    t = time.monotonic()
-    ended = ray.get(server.__ray_call__.remote(
-        lambda self: len(ray.wait(self.serving, num_returns=len(self.serving), timeout=20)[0])))
-    assert ended == 2, "the workers' serve() calls still wait for a step 20 s later"
-    print(f"serve() ended {time.monotonic() - t:.1f} s after the last step (--step-timeout 2)")
-    state = ray_get(server.run.remote(config.steps, fleet.actors, fleet.batches, fleet.steps_per_epoch), timeout=60)
+    not hold its serve() forever); the driver then has every shard open new links, and the steps
+    of two shards come out as one process's."""
+    spec, config, ds = fleet.spec, dataclasses.replace(fleet.config, servers=2), fleet.ds
+    shards = Shards(config, config.steps, ServerState(0, initial_params(spec, len(ds.features)), None), started := [])
+    try:
+        shards.run(5, fleet.actors, fleet.batches, fleet.steps_per_epoch)
+        t = time.monotonic()
+        ended = len(ray.wait(shards.serving, num_returns=len(shards.serving), timeout=20)[0])
+        assert ended == 2, "the workers' serve() calls still wait for a step 20 s later"
+        print(f"serve() ended {time.monotonic() - t:.1f} s after the last step (--step-timeout 2)")
+        state = shards.run(config.steps, fleet.actors, fleet.batches, fleet.steps_per_epoch)
+    finally:
+        for actor in started:
+            ray.kill(actor)
     np.testing.assert_allclose(state.params, single_process_params(spec, config, SHARDS[2]), rtol=2e-4, atol=2e-6)
-    ray.kill(server)
+
+
+class PoisoningWorker(Worker):
+    """A worker whose gradient sum of step `step` holds a NaN in its last parameter alone (the last
+    shard's slice), its loss finite."""
+
+    def __init__(self, *args, step: int):
+        super().__init__(*args)
+        self.poisoned = step
+
+    def grad(self, weights, step, *args):
+        grad, rows, loss, seconds = super().grad(weights, step, *args)
+        if step == self.poisoned:
+            grad = grad.copy()
+            grad[-1] = np.nan
+        return grad, rows, loss, seconds
+
+
+def test_a_gradient_nonfinite_in_one_shards_slice_is_skipped_by_every_shard(fleet):
+    """The worker reports the NaN loss to both shards, so shard 0, whose slice is finite, skips
+    step 3 as shard 1 does (else the shards' states disagree and do not join)."""
+    spec, ds = fleet.spec, fleet.ds
+    config = dataclasses.replace(fleet.config, servers=2, on_nonfinite="skip")
+    poisoning = ray.remote(PoisoningWorker).options(max_concurrency=2).remote(
+        spec, config, ds, fleet.shards[1], 1, fleet.prep, step=3)
+    ray.get(poisoning.ready.remote())
+    shards = Shards(config, config.steps, ServerState(0, initial_params(spec, len(ds.features)), None), started := [])
+    try:
+        state = shards.run(config.steps, [fleet.actors[0], poisoning], fleet.batches, fleet.steps_per_epoch)
+    finally:
+        for actor in [poisoning, *started]:
+            ray.kill(actor)
+    assert state.log["step"].tolist() == list(range(config.steps))
+    assert state.log["step"][~state.log["applied"]].tolist() == [3]
+    assert state.skips == ("step 3: non-finite gradient or loss from worker(s) [1]: step skipped",)
+    assert int(state.optimizer["steps"]) == config.steps - 1

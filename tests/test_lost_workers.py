@@ -10,12 +10,13 @@ import pytest
 import ray
 from ray.cluster_utils import Cluster
 
-from mgdist import data, link
+from mgdist import data
 from mgdist.workloads import synthetic
 from mgdist.errors import TrainingError
 from mgdist.fleet import Fleet
 from mgdist.preprocess import Preprocessing
-from mgdist.server import ParameterServer
+from mgdist.server import ServerState
+from mgdist.shards import Shards
 from mgdist.worker import Worker
 from reference import initial_params, quantile_run
 
@@ -49,16 +50,16 @@ def test_a_worker_that_does_not_connect_is_named(cluster, small_data):
     worker = ray.remote(Worker).options(num_cpus=1, max_concurrency=2).remote(spec, config, ds, [0, 1, 2, 3], 0,
                                                                                Preprocessing(ds.features))
     pid = ray.get(worker.ready.remote()).pid
-    server = ray.remote(ParameterServer).options(num_cpus=0).remote(config, initial_params(spec, 6), 5,
-                                                                    link.Secret.new())
+    shards = Shards(config, 5, ServerState(0, initial_params(spec, 6), None), started := [])
     os.kill(pid, signal.SIGSTOP)
     try:
         with pytest.raises(ray.exceptions.GetTimeoutError, match=r"worker\(s\) \[0\] did not connect within 2 s \(--step-timeout\)"):
-            ray.get(server.run.remote(5, [worker], [100], 10), timeout=60)
-        assert ray.get(server.state.remote()).step == 0
+            shards.run(5, [worker], [100], 10)
+        assert ray.get(shards.actors[0].state.remote()).step == 0
     finally:
         os.kill(pid, signal.SIGKILL)
-        ray.kill(server)
+        for actor in started:
+            ray.kill(actor)
         cluster.remove_node(node, allow_graceful=False)
 
 

@@ -1,4 +1,7 @@
 """Distributed training on a real local Ray: k workers equal one process on the same global batches."""
+import dataclasses
+import shutil
+
 import numpy as np
 import pytest
 
@@ -40,12 +43,17 @@ def train(spec: ModelSpec, config: TrainConfig) -> dict:
 SHARDS = {2: [[0, 1, 2], [3, 4, 5]], 3: [[0, 1], [2, 3], [4, 5]]}
 
 
-@pytest.mark.parametrize("workers, optimizer", [(2, "adam"), (3, "adam"), (2, "sgd")])
-def test_k_workers_equal_one_process(ray_local, uneven_data, tmp_path, workers, optimizer):
+@pytest.mark.parametrize("workers, servers, optimizer", [(2, 1, "adam"), (3, 1, "adam"), (2, 1, "sgd"),
+                                                        (2, 2, "adam"), (3, 3, "sgd")])
+def test_k_workers_equal_one_process(ray_local, uneven_data, tmp_path, workers, servers, optimizer):
     """Adam ignores a constant scale of the gradient; SGD with a constant lr does not, so an average
-    taken over workers instead of rows (or not taken) fails here."""
+    taken over workers instead of rows (or not taken) fails here. With S parameter server shards
+    (163 parameters: not a multiple of 3), each worker assembles the weights from every shard and
+    sends each its slice of the gradient."""
     sgd = dict(optimizer="sgd", lr=0.2, schedule="constant") if optimizer == "sgd" else {}
-    spec, config = small_config(uneven_data, tmp_path, workers=workers, cpus_per_worker=2 / workers, steps=14, **sgd)  # > 1 epoch
+    spec, config = small_config(uneven_data, tmp_path, workers=workers, servers=servers, cpus_per_worker=2 / workers,
+                                steps=14, **sgd)  # > 1 epoch
+    assert initial_params(spec, 6).size == 163
     summary = train(spec, config)
     arrays, manifest = checkpoint.load(config.checkpoint_dir, config.steps)
     assert manifest["data_order"]["workers"] == workers
@@ -56,6 +64,25 @@ def test_k_workers_equal_one_process(ray_local, uneven_data, tmp_path, workers, 
     np.testing.assert_allclose(arrays["params"], expected, rtol=1e-3, atol=5e-4)  # Adam amplifies float32 rounding of tiny gradients
     assert summary["steps"] == config.steps and summary["workers"] == workers
     assert summary["failures_survived"] == 0
+
+
+def test_a_checkpoint_of_two_shards_resumes_on_one_or_four(ray_local, uneven_data, tmp_path):
+    """Checkpoints hold the shards' states joined: a run saved with --servers 2 at step 7 goes on
+    with 1 or 4 shards to the weights of one process, each step in its step log once."""
+    spec, config = small_config(uneven_data, tmp_path, servers=2, steps=14, checkpoint_every=7)
+    train(spec, config)
+    expected = single_process_params(spec, config, SHARDS[2])
+    for servers in (1, 4):
+        ckpt = tmp_path / f"resumed-{servers}"
+        shutil.copytree(config.checkpoint_dir, ckpt)
+        for path in ckpt.glob("ckpt-000000014*"):  # as if the first run had stopped after step 7
+            path.unlink()
+        assert checkpoint.steps(str(ckpt)) == [7]
+        out = run(spec, dataclasses.replace(config, servers=servers, checkpoint_dir=str(ckpt), resume=True))
+        assert out.summary["steps"] == 14
+        arrays, _ = checkpoint.load(str(ckpt), 14)
+        np.testing.assert_allclose(arrays["params"], expected, rtol=1e-3, atol=5e-4)
+        assert arrays["steplog"]["step"].tolist() == list(range(14)) and arrays["steplog"]["applied"].all()
 
 
 def test_one_worker_on_two_cpus_computes_on_two_threads_like_one_process(ray_local, uneven_data, tmp_path):
