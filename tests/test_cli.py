@@ -27,7 +27,7 @@ def test_every_flag_reaches_its_setting():
                     "--hidden", "32,8", "--activation", "relu", "--non-crossing", "--optimizer", "adamw", "--lr", "0.3",
                     "--schedule", "linear", "--warmup-steps", "7", "--weight-decay", "0.01", "--batch-size", "99",
                     "--epochs", "2.5", "--steps", "11", "--seed", "4", "--workers", "3", "--cpus-per-worker", "0.5",
-                    "--balance", "speed", "--address", "ray://x:1", "--placement-timeout", "9", "--step-timeout", "8",
+                    "--servers", "2", "--balance", "speed", "--address", "ray://x:1", "--placement-timeout", "9", "--step-timeout", "8",
                     "--checkpoint-dir", "/c", "--checkpoint-every", "6", "--keep-checkpoints", "5", "--resume",
                     "--resume-changes", "--max-failures", "2", "--on-nonfinite", "skip", "--log-every", "3", "--metrics", "m.jsonl",
                     "--summary-json", "s.json", "--report", "r"])
@@ -35,7 +35,7 @@ def test_every_flag_reaches_its_setting():
                          "seed": 4}
     assert c == TrainConfig(data="s3://b/p", features="f*", target="t", nonfinite="drop", val_fraction=0.2,
                        s3_endpoint="http://h:1", optimizer="adamw", lr=0.3, schedule="linear", warmup_steps=7, weight_decay=0.01,
-                       batch_size=99, epochs=2.5, steps=11, seed=4, workers=3, cpus_per_worker=0.5, balance="speed",
+                       batch_size=99, epochs=2.5, steps=11, seed=4, workers=3, cpus_per_worker=0.5, servers=2, balance="speed",
                        address="ray://x:1", placement_timeout=9, step_timeout=8, checkpoint_dir="/c", checkpoint_every=6,
                        keep_checkpoints=5, resume=True, resume_changes=True, max_failures=2, on_nonfinite="skip", log_every=3,
                        metrics="m.jsonl", summary_json="s.json", report="r")
@@ -59,6 +59,7 @@ def test_arch_workers_set_the_number_of_workers():
     (["--val-fraction", "-0.1"], "val_fraction must be in [0, 1), got -0.1"),
     (["--schedule", "step"], "invalid choice: 'step'"),
     (["--log-every", "0"], "log_every must be positive, got 0"),
+    (["--servers", "0"], "servers must be positive, got 0"),
     (["--step-timeout", "0"], "step_timeout must be positive, got 0.0"),
     (["--checkpoint-every", "-5"], "checkpoint_every must be 0 or more, got -5"),
     (["--keep-checkpoints", "-1"], "keep_checkpoints must be 0 or more, got -1"),
@@ -162,3 +163,8 @@ def test_keep_checkpoints(ray_local, dataset, tmp_path):
 def test_batch_that_does_not_fit_the_shards(ray_local, dataset, tmp_path):
     with pytest.raises(TrainingError, match=r"^batch size 4000 does not fit the training rows of the 2 shards: \[1800, 1800\]$"):
         run(dataset, tmp_path, "--steps", "1", "--batch-size", "4000")
+
+
+def test_more_server_shards_than_parameters(ray_local, dataset, tmp_path):
+    with pytest.raises(TrainingError, match=r"^--servers 500 exceeds the model's \d+ parameters: each shard needs at least one$"):
+        run(dataset, tmp_path, "--steps", "1", "--hidden", "4", "--servers", "500")

@@ -256,6 +256,30 @@ def test_hung_parameter_server_is_found_within_a_few_step_timeouts(ray_address, 
     assert_same_as_reference(final_params(tmp_path / "ckpt"), reference)
 
 
+@pytest.mark.slow
+def test_a_hung_server_shard_is_found_and_every_shard_restored(ray_address, dataset, reference, tmp_path):
+    """--servers 2, shard 1 frozen (SIGSTOP) inside a run() call of all 240 steps: the workers give
+    up on it after --step-timeout, shard 0 fails, and the watch names shard 1 hung; both shards start
+    again from step 0 and the run ends with the uninterrupted run's weights, each step once."""
+    run = Driver(tmp_path, job_args(dataset, tmp_path / "ckpt", "--address", ray_address, "--step-timeout", "3",
+                                    "--log-every", str(STEPS), "--checkpoint-every", str(STEPS), "--servers", "2"))
+    shard = run.wait_until(lambda: run.actors("server").get(1), "parameter server shard 1")
+    run.wait_until(lambda: ray.get(shard.progress.remote()) >= 50, "step 50")
+    pid = next(a["Pid"] for a in actor_table().values()
+               if a["State"] == "ALIVE" and a["Name"].startswith("mgdist-server-1-") and a["Name"] not in run.older)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        assert run.finish(timeout=120) == 0, run.log
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    assert "the parameter server shard 1 took no step in 3 x 3 s (--step-timeout): hung" in run.log, run.log
+    assert "restored step 0, replaying from there (shard(s) [0, 1] of 2 started again)" in run.log, run.log
+    assert run.summary["failures_survived"] == 1
+    assert_same_as_reference(final_params(tmp_path / "ckpt"), reference)
+    assert_each_step_once(tmp_path / "ckpt")
+
+
 def test_failures_beyond_max_failures_stop_the_run(ray_address, dataset, tmp_path):
     run = Driver(tmp_path, job_args(dataset, tmp_path / "ckpt", "--address", ray_address, "--max-failures", "0"))
     worker = run.wait_until(lambda: run.actors("worker").get(0), "worker 0")
