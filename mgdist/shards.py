@@ -31,6 +31,7 @@ class Shards:
         self.actors: list = [None] * config.servers
         self.workers: list = []  # the workers whose serve() calls (self.serving) hold links to every shard
         self.serving: list[ray.ObjectRef] = []
+        self.runs: list[ray.ObjectRef] = []  # the shards' last run() calls
         self.restore(state, range(config.servers))
 
     def restore(self, state: ServerState, which) -> None:
@@ -60,9 +61,9 @@ class Shards:
             addresses = ray_get([a.listen.remote() for a in self.actors], timeout=self.config.step_timeout)
             self.serving = [w.serve.remote(addresses, i, self.secret) for i, w in enumerate(workers)]
             self.workers = list(workers)
+        self.runs = [a.run.remote(stop, self.serving, batches, steps_per_epoch) for a in self.actors]
         try:
-            return join_states(self._watched([a.run.remote(stop, self.serving, batches, steps_per_epoch)
-                                              for a in self.actors]))
+            return join_states(self._watched(self.runs))
         except BaseException:
             self.workers = []  # the shards closed their links, or are lost: the next run connects anew
             raise
@@ -100,13 +101,16 @@ class Shards:
 
     def recover(self, last: ServerState) -> tuple[ServerState, tuple[int, ...], list[int]]:
         """After a failed run: (the state every shard is now at, the workers named late, the shards
-        restarted). If every shard answers within step_timeout at one step, that is their joined
-        state; else the shards not at `last` (the driver's newest state) are killed and started
-        again from it, the others being at it already."""
-        asked = [a.state.remote() for a in self.actors]
-        ray.wait(asked, num_returns=len(asked), timeout=self.config.step_timeout)
+        restarted). If every shard's run() has ended and each answers within step_timeout at one
+        step, that is their joined state; else the shards not at `last` (the driver's newest state),
+        and those still in a run() (hung), are killed and started again from it, the others being
+        at it already."""
+        ended = [not self.runs or bool(ray.wait([self.runs[s]], timeout=0)[0]) for s in range(len(self.actors))]
+        asked = {s: a.state.remote() for s, a in enumerate(self.actors) if ended[s]}
+        if asked:
+            ray.wait(list(asked.values()), num_returns=len(asked), timeout=self.config.step_timeout)
         got = {}
-        for s, ref in enumerate(asked):
+        for s, ref in asked.items():
             try:
                 got[s] = ray_get(ref, timeout=0)
             except LOST:
