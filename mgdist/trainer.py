@@ -5,7 +5,8 @@ gradient sum of its slice of the global batch, and the server averages them by r
 steps the optimiser. The server (--servers S shards of the parameters, mgdist/shards.py)
 drives the steps itself, over a socket to each worker; the driver asks it to run up to the
 next log or checkpoint point, and when a worker or a shard is lost, replaces it and replays
-from the last state, so no step is lost and none is applied twice. Nothing here knows the model: it comes as a ModelSpec.
+from the last state, so no step is lost and none is applied twice. Nothing here knows the
+model: it comes as a ModelSpec.
 
 Every --val-every steps (and at the end) the workers score the weights on their held-out rows
 and the driver merges their figures (a validation round): into the progress line, the metrics
