@@ -30,8 +30,8 @@ def _arch_counts(s: str) -> dict[str, int]:
 def _worker_range(s: str) -> tuple[int, int]:
     """N (exactly N workers) or MIN:MAX (elastic)."""
     low, colon, high = s.partition(":")
-    if not (low.isdigit() and (high.isdigit() or not colon)):
-        raise argparse.ArgumentTypeError(f"expected N or MIN:MAX, got {s!r}")
+    if not (low.isdigit() and (high.isdigit() or not colon)) or colon and int(low) < 1:
+        raise argparse.ArgumentTypeError(f"expected N or MIN:MAX with MIN >= 1, got {s!r}")
     return int(low), int(high or low)
 
 
