@@ -25,6 +25,7 @@ def cluster():
 def test_a_run_grows_when_a_node_joins_and_keeps_the_data_order_of_that_worker_sequence(cluster, dataset, tmp_path):
     for _ in range(2):
         cluster.add_node(**NODE)
+    assert {n.node_ip_address for n in cluster.list_all_nodes()} == {"127.0.0.1"}  # every node on loopback
     args = lambda ckpt, *more: job_args(dataset, ckpt, "--address", cluster.address, "--steps", str(STEPS),  # noqa: E731
                                         "--checkpoint-every", "0", "--schedule", "linear", *more)  # lr: not of --steps
     run = Driver(tmp_path / "elastic", args(tmp_path / "elastic-ckpt", "--workers", "2:3"))
