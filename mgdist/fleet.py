@@ -7,6 +7,7 @@ import uuid
 from typing import Sequence
 
 import ray
+from ray.autoscaler.sdk import request_resources
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from mgdist import data
@@ -104,6 +105,8 @@ class Fleet:
 
     def __init__(self, spec: ModelSpec, config: TrainConfig, ds: data.Dataset, prep: Preprocessing | None = None):
         self.spec, self.config, self.ds, self.prep = spec, config, ds, prep
+        if config.min_workers:  # ask an autoscaler for nodes for all MAX workers; take what comes, when it comes
+            request_resources(bundles=[{"CPU": config.cpus_per_worker}] * config.workers)
         self.options = _worker_options(config, max(config.min_workers, elastic_count(config, len(ds.group_rows)))
                                        if config.min_workers else None)
         self.actors: list = []
@@ -218,3 +221,5 @@ class Fleet:
     def stop(self) -> None:
         for actor in self.actors:
             ray.kill(actor)
+        if self.config.min_workers:
+            request_resources(bundles=[])  # the autoscaler may let the nodes go
