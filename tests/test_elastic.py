@@ -1,10 +1,13 @@
-"""Elastic runs (--workers MIN:MAX) on a real multi-node Ray (ray.cluster_utils.Cluster): a run
-starts with the workers the cluster holds and grows at the next epoch boundary when a node
-joins; its data order is that of a fixed run with the same sequence of worker counts."""
+"""Nodes that join and leave a run, on a real multi-node Ray (ray.cluster_utils.Cluster). An
+elastic run (--workers MIN:MAX) starts with the workers the cluster holds and grows at the
+next epoch boundary when a node joins, its data order that of a fixed run with the same
+sequence of worker counts; a node lost mid-run costs no step and applies none twice."""
 import re
 
 import numpy as np
 import pytest
+import ray
+from ray._private.state import actors as actor_table
 from ray.cluster_utils import Cluster
 
 from mgdist import checkpoint
@@ -17,7 +20,8 @@ NODE = dict(num_cpus=1, object_store_memory=100 * 2**20)
 @pytest.fixture
 def cluster():
     cluster = Cluster(initialize_head=True, connect=False, head_node_args=dict(
-        num_cpus=0, include_dashboard=False, object_store_memory=100 * 2**20))
+        num_cpus=0, include_dashboard=False, object_store_memory=100 * 2**20,
+        _system_config={"health_check_period_ms": 500, "health_check_failure_threshold": 4}))  # dead in ~2 s
     yield cluster
     cluster.shutdown()
 
@@ -56,3 +60,26 @@ def test_an_elastic_run_starts_with_what_the_cluster_holds(cluster, dataset, tmp
                                     "--workers", "1:4"))
     assert run.finish() == 0, run.log
     assert run.summary["workers"] == 1 and "grew" not in run.log
+
+
+def test_a_node_lost_mid_run_ends_with_the_uninterrupted_runs_weights(cluster, dataset, tmp_path):
+    nodes = [cluster.add_node(**NODE) for _ in range(3)]  # 2 workers, and a spare node for a replacement
+    args = lambda ckpt: job_args(dataset, ckpt, "--address", cluster.address, "--steps", "400",  # noqa: E731
+                                 "--placement-timeout", "60")
+    reference = Driver(tmp_path / "reference", args(tmp_path / "reference-ckpt"))
+    assert reference.finish() == 0, reference.log
+    ray.init(address=cluster.address)
+    try:
+        run = Driver(tmp_path / "run", args(tmp_path / "ckpt"))
+        run.wait_until(lambda: run.step() >= 30, "step 30", timeout=180)
+        busy = {a["Address"]["NodeID"] for a in actor_table().values()
+                if a["State"] == "ALIVE" and a["Name"].startswith("mgdist-worker-1-")}
+        cluster.remove_node(next(n for n in nodes if n.node_id in busy), allow_graceful=False)  # worker 1's
+        assert run.finish() == 0, run.log
+    finally:
+        ray.shutdown()
+    assert "replaced worker(s) [1] on their shards" in run.log and run.summary["failures_survived"] >= 1, run.log
+    got, _ = checkpoint.load(str(tmp_path / "ckpt"), 400)
+    expected, _ = checkpoint.load(str(tmp_path / "reference-ckpt"), 400)
+    np.testing.assert_allclose(got["params"], expected["params"], rtol=1e-5, atol=1e-7)
+    assert got["steplog"]["step"].tolist() == list(range(400)) and got["steplog"]["applied"].all()
