@@ -32,7 +32,7 @@ from mgdist.config import TrainConfig
 from mgdist.data import Dataset
 from mgdist.model import ModelSpec
 from mgdist.preprocess import Preprocessing
-from mgdist.worker import Worker, normal_priority
+from mgdist.worker import Worker, compute_priority
 
 
 class HandLoop:
@@ -120,10 +120,10 @@ class ProfiledWorker(Worker):
         """`steps` calls of grad() (engine "micrograd") or of HandLoop (engine "hand") on this
         worker's `batch` rows of steps 1, 2, ... (step 0 is a warm-up), weights fixed; the second
         run under cProfile when `profile`. `start`: a barrier to pass before timing. `renice`:
-        first run this thread at niceness 0, as serve() does (mgdist.worker.normal_priority)."""
+        first run this thread at niceness 0, as serve() does (mgdist.worker.compute_priority)."""
         from threadpoolctl import threadpool_info
         if renice:
-            normal_priority()
+            compute_priority()
         weights, spe = self.grads.params.copy(), steps_per_epoch
         if engine == "micrograd":
             def step(s: int) -> None:
@@ -247,13 +247,13 @@ def plain_bound(s: Setup, steps: int) -> tuple[float, list[Timing]]:
     return sum(t.rows_per_s for t in timings), timings
 
 
-def ray_init() -> None:
-    """A local Ray of 2 CPUs whose workers can import this file (for ProfiledWorker)."""
+def ray_init(env: dict[str, str] | None = None) -> None:
+    """A local Ray of 2 CPUs whose workers can import this file (for ProfiledWorker) and get `env`."""
     import ray
     here = os.path.dirname(os.path.abspath(__file__))
     path = os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH")) if p)
     ray.init(address="local", num_cpus=2, object_store_memory=300 * 2**20, include_dashboard=False,
-             log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": path}})
+             log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": path, **(env or {})}})
 
 
 def report(name: str, timings: list[list[Timing]], base: float) -> None:
@@ -303,7 +303,7 @@ def main() -> None:
           f"{BLOCK}-row passes, {steps} steps x {args.rounds} interleaved rounds; load average {os.getloadavg()[0]:.2f}")
     for title, ranks in (("worker 0 alone", [0]), ("both workers at once", [0, 1])):
         runs: dict[str, list[list[Timing]]] = {
-            "(a) Worker.grad, Ray actor (Ray's niceness)": [], "(a') Worker.grad, Ray actor, normal_priority()": [],
+            "(a) Worker.grad, Ray actor (Ray's niceness)": [], "(a') Worker.grad, Ray actor, compute_priority()": [],
             "(b) Worker.grad, plain process": [], "(c) HandLoop, plain process": []}
         calls = [lambda: actors(niced, "micrograd", ranks), lambda: actors(reniced, "micrograd", ranks, True),
                  lambda: plains("micrograd", ranks), lambda: plains("hand", ranks)]
