@@ -32,7 +32,7 @@ from mgdist.config import TrainConfig
 from mgdist.data import Dataset
 from mgdist.model import ModelSpec
 from mgdist.preprocess import Preprocessing
-from mgdist.worker import Worker, compute_priority
+from mgdist.worker import Worker
 
 
 class HandLoop:
@@ -100,7 +100,7 @@ class Timing:
     cpu_seconds: list[float]  # of the computing thread (time.thread_time): what preemption does not stretch
     blas_threads: list[int]  # num_threads of each BLAS library threadpoolctl sees
     threads: int             # Python threads alive in the process
-    niceness: int            # of the computing thread
+    niceness: int            # of the computing thread (a raylet starts its workers at 15)
     profile: str = ""        # top functions by own time, when profiled
 
     @property
@@ -116,14 +116,11 @@ class ProfiledWorker(Worker):
     """mgdist's Worker with a method that times its own grad() (or HandLoop on its rows)."""
 
     def timed(self, engine: str, batch: int, steps_per_epoch: int, steps: int, profile: bool = False,
-              start: threading.Barrier | None = None, renice: bool = False) -> Timing:
+              start: threading.Barrier | None = None) -> Timing:
         """`steps` calls of grad() (engine "micrograd") or of HandLoop (engine "hand") on this
         worker's `batch` rows of steps 1, 2, ... (step 0 is a warm-up), weights fixed; the second
-        run under cProfile when `profile`. `start`: a barrier to pass before timing. `renice`:
-        first run this thread at niceness 0, as serve() does (mgdist.worker.compute_priority)."""
+        run under cProfile when `profile`. `start`: a barrier to pass before timing."""
         from threadpoolctl import threadpool_info
-        if renice:
-            compute_priority()
         weights, spe = self.grads.params.copy(), steps_per_epoch
         if engine == "micrograd":
             def step(s: int) -> None:
@@ -247,13 +244,13 @@ def plain_bound(s: Setup, steps: int) -> tuple[float, list[Timing]]:
     return sum(t.rows_per_s for t in timings), timings
 
 
-def ray_init(env: dict[str, str] | None = None) -> None:
-    """A local Ray of 2 CPUs whose workers can import this file (for ProfiledWorker) and get `env`."""
+def ray_init() -> None:
+    """A local Ray of 2 CPUs whose workers can import this file (for ProfiledWorker)."""
     import ray
     here = os.path.dirname(os.path.abspath(__file__))
     path = os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH")) if p)
     ray.init(address="local", num_cpus=2, object_store_memory=300 * 2**20, include_dashboard=False,
-             log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": path, **(env or {})}})
+             log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": path}})
 
 
 def report(name: str, timings: list[list[Timing]], base: float) -> None:
@@ -283,16 +280,15 @@ def main() -> None:
         synthetic.write(path, rows=args.rows, features=64, files=8, row_group_rows=65536)
     s = setup(path, args.batch)
     ray_init()
-    remote = ray.remote(ProfiledWorker).options(num_cpus=0.5, max_concurrency=2)  # 4 actors, 2 computing at once
-    niced = [remote.remote(s.spec, s.config, s.dataset, s.shards[r], r, s.prep) for r in range(2)]
-    reniced = [remote.remote(s.spec, s.config, s.dataset, s.shards[r], r, s.prep) for r in range(2)]
+    remote = ray.remote(ProfiledWorker).options(num_cpus=1, max_concurrency=2)  # as mgdist places a worker
+    workers = [remote.remote(s.spec, s.config, s.dataset, s.shards[r], r, s.prep) for r in range(2)]
     ctx = multiprocessing.get_context("spawn")
     start = ctx.Barrier(2)
     plain = [Plain(s, r, start) for r in range(2)]
     spe, steps = s.steps_per_epoch, args.steps
 
-    def actors(group, engine: str, ranks, renice: bool = False, profile: bool = False) -> list[Timing]:
-        return ray.get([group[r].timed.remote(engine, s.batches[r], spe, steps, profile, None, renice) for r in ranks])
+    def actors(engine: str, ranks, profile: bool = False) -> list[Timing]:
+        return ray.get([workers[r].timed.remote(engine, s.batches[r], spe, steps, profile) for r in ranks])
 
     def plains(engine: str, ranks, profile: bool = False) -> list[Timing]:
         for r in ranks:
@@ -303,10 +299,8 @@ def main() -> None:
           f"{BLOCK}-row passes, {steps} steps x {args.rounds} interleaved rounds; load average {os.getloadavg()[0]:.2f}")
     for title, ranks in (("worker 0 alone", [0]), ("both workers at once", [0, 1])):
         runs: dict[str, list[list[Timing]]] = {
-            "(a) Worker.grad, Ray actor (Ray's niceness)": [], "(a') Worker.grad, Ray actor, compute_priority()": [],
-            "(b) Worker.grad, plain process": [], "(c) HandLoop, plain process": []}
-        calls = [lambda: actors(niced, "micrograd", ranks), lambda: actors(reniced, "micrograd", ranks, True),
-                 lambda: plains("micrograd", ranks), lambda: plains("hand", ranks)]
+            "(a) Worker.grad, Ray actor": [], "(b) Worker.grad, plain process": [], "(c) HandLoop, plain process": []}
+        calls = [lambda: actors("micrograd", ranks), lambda: plains("micrograd", ranks), lambda: plains("hand", ranks)]
         for _ in range(args.rounds):
             for name, call in zip(runs, calls):
                 runs[name].append(call())
@@ -314,7 +308,7 @@ def main() -> None:
         print(f"{title}: rows/s (ratio to (c)), rows per CPU-second; load average {os.getloadavg()[0]:.2f}")
         for name, timings in runs.items():
             report(name, timings, base)
-    for name, timing in (("(a) in the Ray actor", actors(niced, "micrograd", [0], profile=True)[0]),
+    for name, timing in (("(a) in the Ray actor", actors("micrograd", [0], profile=True)[0]),
                          ("(b) in a plain process", plains("micrograd", [0], profile=True)[0])):
         print(f"--- {name}: top functions by own time ---\n{timing.profile}")
     for p in plain:

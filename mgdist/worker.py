@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 import platform
-import threading
 import time
 from dataclasses import dataclass
 
@@ -51,21 +50,6 @@ def split_rows(n: int, val_fraction: float, seed: int, rank: int) -> tuple[np.nd
     order = np.random.default_rng([seed, rank, 1]).permutation(n)
     n_val = int(round(n * val_fraction))
     return np.sort(order[n_val:]), np.sort(order[:n_val])
-
-
-def compute_priority() -> int:
-    """Give the calling thread (and the threads it starts) the niceness MGDIST_WORKER_NICENESS
-    (default 0) where the OS allows it (raising priority needs root, CAP_SYS_NICE or RLIMIT_NICE);
-    returns the niceness it runs at. A raylet starts its workers at niceness 15 (Ray's
-    worker_niceness): a step's compute then yields the CPU to the driver, Ray's daemons and any
-    other process of the node, and every step waits for the slowest worker (measured in
-    bench/worker_profile.py and bench/scaling.py)."""
-    tid = threading.get_native_id()
-    try:
-        os.setpriority(os.PRIO_PROCESS, tid, int(os.environ.get("MGDIST_WORKER_NICENESS", "0")))
-    except PermissionError:  # not allowed to raise its priority: it computes at the niceness it has
-        pass
-    return os.getpriority(os.PRIO_PROCESS, tid)
 
 
 SHUFFLE_BLOCK = 8  # rows shuffled in runs of 8: gathering a batch then costs a third of single rows
@@ -159,7 +143,6 @@ class Worker:
         """Connect to the parameter server at host:port as its worker `index` (proved with the run's
         secret), then compute each step it sends (weights, step, rows, steps per epoch) and answer
         with grad()'s result, until the server closes the link or sends nothing for --step-timeout."""
-        compute_priority()
         weights = np.empty_like(self.grads.params)
         with link.connect(host, port, secret, index, timeout=self.config.step_timeout) as sock:
             try:
@@ -172,7 +155,6 @@ class Worker:
 
     def speed(self, batch: int, repeats: int = 3) -> float:
         """Rows per second of gradient compute on `batch` of this shard's rows (best of `repeats`)."""
-        compute_priority()  # as serve() computes
         rows = self.train[:batch]
         self._grad_sum(rows)  # warm-up: buffers, caches
         times = []
