@@ -1,15 +1,19 @@
 """Where a 1-CPU worker's time goes: its gradient sum in a Ray actor, outside Ray, and by hand.
 
-Times, on the same rows (worker `rank`'s shard of a synthetic dataset, its epoch order, its
-share of each global batch) and with 1 BLAS thread each, one after another:
+Times, on the same rows (each worker's shard of a synthetic dataset, its epoch order, its share
+of each global batch; weights fixed) with 1 BLAS thread, in interleaved rounds, first worker 0
+alone, then both workers at once (the plain processes started together at a barrier):
 (a) mgdist's Worker.grad() in a Ray actor placed as mgdist places a worker (1 CPU, 2 slots);
 (b) the same Worker class in a plain process, no Ray; (c) HandLoop, the quantile MLP
 (64 -> 128 tanh -> 9, pinball loss) written out in NumPy with every buffer preallocated,
 gathering and computing in the same 512-row passes as GradSum, in a plain process.
-Prints rows/s, ratios to (c), and for (a) and (b) the top functions by own time (cProfile,
-a second run: the timed one is not profiled). bench/scaling.py uses HandLoop for its bound.
+Prints rows/s (summed over the processes) and its ratio to (c), rows per CPU-second of the
+computing thread (what a loaded machine's preemption does not stretch), each thread's niceness
+(a raylet starts workers at 15), BLAS and Python threads; then for (a) and (b) the top functions
+by own time (cProfile, a run of its own: the timed ones are not profiled). bench/scaling.py
+uses HandLoop and plain_bound() for its two-process bound.
 
-    python bench/worker_profile.py [--rows 1000000] [--batch 65536] [--steps 40] [--rounds 3]
+    python bench/worker_profile.py [--rows 1000000] [--batch 65536] [--steps 30] [--rounds 5]
 Run it inside a loopback-only network namespace, as README.md says.
 """
 from __future__ import annotations
@@ -23,7 +27,7 @@ import pstats
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -125,12 +129,14 @@ class ProfiledWorker(Worker):
         if engine == "micrograd":
             def step(s: int) -> None:
                 self.grad(weights, s, batch, spe)
-        else:
+        elif engine == "hand":
             hand = HandLoop(self.X.shape[1], self.grads.model.net.layers[0].W.data.shape[1], self.grads.model.levels)
 
             def step(s: int) -> None:
                 np.copyto(self.grads.params, weights)
                 hand(self.X, self.y, self._rows(s, batch, spe), self.grads.params)
+        else:
+            raise ValueError(f"timed: engine must be 'micrograd' or 'hand', got {engine!r}")
         step(0)
         if start is not None:
             start.wait()
@@ -147,9 +153,9 @@ class ProfiledWorker(Worker):
             out = io.StringIO()
             pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(12)
             text = out.getvalue()
-        return Timing(f"{engine} pid {os.getpid()}", batch, seconds, cpu_seconds, [i["num_threads"] for i in threadpool_info()
-                                                                        if i["user_api"] == "blas"],
-                      threading.active_count(), os.getpriority(os.PRIO_PROCESS, threading.get_native_id()), text)
+        blas = [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+        return Timing(f"{engine} pid {os.getpid()}", batch, seconds, cpu_seconds, blas, threading.active_count(),
+                      os.getpriority(os.PRIO_PROCESS, threading.get_native_id()), text)
 
 
 @dataclass(frozen=True)
@@ -163,8 +169,8 @@ class Setup:
     batches: list[int]  # each worker's rows of a global batch
     steps_per_epoch: int
 
-    def worker(self, rank: int, cls: type = ProfiledWorker):
-        return cls(self.spec, self.config, self.dataset, self.shards[rank], rank, self.prep)
+    def worker(self, rank: int) -> ProfiledWorker:
+        return ProfiledWorker(self.spec, self.config, self.dataset, self.shards[rank], rank, self.prep)
 
 
 LEVELS = tuple(np.round(np.linspace(0.1, 0.9, 9), 2).tolist())
