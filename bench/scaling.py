@@ -11,6 +11,9 @@ process (2 BLAS threads) training on the same rows.
 
     python bench/scaling.py [--rows 1000000] [--batches 2048,8192,65536] [--epochs 2] [--rounds 3]
 (`--rows 2000000` for the issue's size.) Run it inside a loopback-only network namespace, as README.md says.
+
+    python bench/scaling.py --sweep [bench/sweep.py's options]
+measures the framework instead, with almost no compute: workers x parameters x server shards (bench/sweep.py).
 """
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ import argparse
 import contextlib
 import io
 import os
+import sys
 import tempfile
 import time
 
@@ -57,6 +61,10 @@ def mgdist_run(path: str, batch: int, steps: int, workers: int) -> dict:
 
 
 def main() -> None:
+    if "--sweep" in sys.argv[1:]:
+        import sweep
+        sweep.main([a for a in sys.argv[1:] if a != "--sweep"])
+        return
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rows", type=int, default=1_000_000)
     p.add_argument("--batches", default="2048,8192,65536", help="global batch sizes, comma-separated")
