@@ -27,6 +27,14 @@ def _arch_counts(s: str) -> dict[str, int]:
     return counts
 
 
+def _worker_range(s: str) -> tuple[int, int]:
+    """N (exactly N workers) or MIN:MAX (elastic)."""
+    low, colon, high = s.partition(":")
+    if not (low.isdigit() and (high.isdigit() or not colon)) or colon and int(low) < 1:
+        raise argparse.ArgumentTypeError(f"expected N or MIN:MAX with MIN >= 1, got {s!r}")
+    return int(low), int(high or low)
+
+
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
     """Every TrainConfig setting as an option (defaults from TrainConfig)."""
     d = TrainConfig()
@@ -51,7 +59,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=float, default=d.epochs)
     p.add_argument("--steps", type=int, help="number of steps (overrides --epochs)")
     p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--workers", type=int, default=d.workers)
+    p.add_argument("--workers", type=_worker_range, default=(d.workers, d.workers), metavar="N|MIN:MAX",
+                   help="workers; MIN:MAX: start with as many as the cluster holds (at least MIN) and grow "
+                        "at epoch boundaries as nodes join")
     p.add_argument("--cpus-per-worker", type=float, default=d.cpus_per_worker)
     p.add_argument("--servers", type=int, default=d.servers,
                    help="parameter server shards, each owning a contiguous range of the parameters (at most their count)")
@@ -97,7 +107,9 @@ def config_from(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Tr
     """The TrainConfig of parsed add_train_arguments() options (other options are ignored); settings
     that cannot work are the parser's error (exit 2)."""
     fields = TrainConfig.__dataclass_fields__
-    config = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
+    config = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields and k != "workers"})
+    low, config.workers = args.workers
+    config.min_workers = low if low != config.workers else 0
     if config.arch_workers:
         config.workers = sum(config.arch_workers.values())
     try:

@@ -39,7 +39,8 @@ class TrainConfig:
     steps: int | None = None           # overrides epochs
     seed: int = 0
     # cluster
-    workers: int = 2
+    workers: int = 2                   # the most workers (--workers MIN:MAX: MAX)
+    min_workers: int = 0               # elastic: start with at least this many and grow to workers; 0: exactly workers
     cpus_per_worker: float = 1.0
     servers: int = 1                   # parameter server shards, each a contiguous range of the parameters
     arch_workers: dict[str, int] = field(default_factory=dict)  # e.g. {"x86_64": 2, "aarch64": 4}
@@ -78,6 +79,9 @@ class TrainConfig:
         workers = sum(self.arch_workers.values()) if self.arch_workers else self.workers
         if workers < 1 or self.batch_size < workers:
             raise TrainingError(f"need at least 1 worker and batch size >= workers, got {workers}, {self.batch_size}")
+        if self.min_workers and not (1 <= self.min_workers <= self.workers and not self.arch_workers):
+            raise TrainingError(f"--workers {self.min_workers}:{self.workers}: need 1 <= MIN <= MAX, and no "
+                                f"--arch-workers")
         if not 0 <= self.val_fraction < 1:
             raise TrainingError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.standardize not in STANDARDIZE:

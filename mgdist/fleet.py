@@ -7,6 +7,7 @@ import uuid
 from typing import Sequence
 
 import ray
+from ray.autoscaler.sdk import request_resources
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from mgdist import data
@@ -53,11 +54,20 @@ def _cpus(arch: str | None) -> float:
                if n["Alive"] and (arch is None or n["Resources"].get(f"arch_{arch}", 0) > 0))
 
 
-def _worker_options(config: TrainConfig) -> list[dict]:
+def elastic_count(config: TrainConfig, groups: int, running: int = 0) -> int:
+    """With --workers MIN:MAX, `running` of them placed: how many the run can have now, those
+    running and as many more as the cluster's free CPUs hold, up to MAX and the row groups."""
+    free = ray.available_resources().get("CPU", 0.0)
+    return min(config.workers, groups, running + int(free / config.cpus_per_worker + 1e-9))
+
+
+def _worker_options(config: TrainConfig, count: int | None = None) -> list[dict]:
     """Ray options of each worker (CPUs, architecture resource, spread over nodes), once the
     cluster has room for them all; an autoscaler may still be adding nodes, so wait a while.
-    Inside a placement group with a bundle per worker (its last ones), worker i takes bundle i."""
-    archs = [a for a, n in sorted(config.arch_workers.items()) for _ in range(n)] or [None] * config.workers
+    Inside a placement group with a bundle per worker (its last ones), worker i takes bundle i.
+    `count`: options for that many workers of any architecture (an elastic run's)."""
+    archs = [None] * count if count is not None else \
+        [a for a, n in sorted(config.arch_workers.items()) for _ in range(n)] or [None] * config.workers
     deadline = time.monotonic() + config.placement_timeout
     while short := {a or "any": (archs.count(a) * config.cpus_per_worker, _cpus(a)) for a in set(archs)
                     if archs.count(a) * config.cpus_per_worker > _cpus(a)}:
@@ -67,6 +77,9 @@ def _worker_options(config: TrainConfig) -> list[dict]:
                 + f" (waited {config.placement_timeout:g} s for nodes)")
         time.sleep(1)
     group = ray.util.get_current_placement_group()  # e.g. a Ray Tune trial's, from mgdist.tune.trial_resources
+    if group is not None and config.min_workers:
+        raise TrainingError(f"--workers {config.min_workers}:{config.workers} cannot grow inside a placement "
+                            "group (a Ray Tune trial's): give a fixed number")
     first = len(group.bundle_specs) - len(archs) if group is not None else -1  # the workers' bundles are the last
     return [dict(num_cpus=config.cpus_per_worker, resources={f"arch_{a}": 0.001} if a else {},
                  scheduling_strategy=PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=first + i)
@@ -92,7 +105,10 @@ class Fleet:
 
     def __init__(self, spec: ModelSpec, config: TrainConfig, ds: data.Dataset, prep: Preprocessing | None = None):
         self.spec, self.config, self.ds, self.prep = spec, config, ds, prep
-        self.options = _worker_options(config)
+        if config.min_workers:  # ask an autoscaler for nodes for all MAX workers; take what comes, when it comes
+            request_resources(bundles=[{"CPU": config.cpus_per_worker}] * config.workers)
+        self.options = _worker_options(config, max(config.min_workers, elastic_count(config, len(ds.group_rows)))
+                                       if config.min_workers else None)
         self.actors: list = []
 
     def start(self) -> None:
@@ -162,7 +178,7 @@ class Fleet:
             if self.config.balance == "speed":
                 self._plan_steps()
             return f"replaced worker(s) {lost} on their shards"
-        except TrainingError:
+        except (TrainingError, *LOST):  # not placed in time, or died there (sent to a node that was dying)
             for actor in self.actors:
                 ray.kill(actor)
             self.options = [o for rank, o in enumerate(self.options) if rank not in lost]
@@ -170,6 +186,29 @@ class Fleet:
                 raise TrainingError("every worker was lost and none could be replaced") from None
             self.start()
             return f"worker(s) {lost} could not be replaced; shards re-planned over {len(self.options)} workers"
+
+    def grow(self) -> str | None:
+        """With --workers MIN:MAX: add the workers that the cluster's free CPUs now hold (up to MAX)
+        and re-plan the shards over them all. The new ones are placed and loaded first; if they
+        cannot be within --placement-timeout, nothing changes. A line saying what it did, or None."""
+        old = len(self.actors)
+        k = elastic_count(self.config, len(self.ds.group_rows), old) if self.config.min_workers else old
+        if k <= old:
+            return None
+        shards, options = self.shards, self.options
+        self.shards = data.plan_shards(self.ds.group_rows, k)
+        self.options = options + _worker_options(self.config, k - old)
+        self.actors += [self._spawn(rank) for rank in range(old, k)]
+        try:
+            added = self._wait(range(old, k))
+        except (TrainingError, *LOST) as e:
+            for actor in self.actors[old:]:
+                ray.kill(actor)
+            self.actors, self.options, self.shards = self.actors[:old], options, shards
+            return f"could not grow from {old} to {k} workers: {type(e).__name__}: {str(e).splitlines()[0]}"
+        self.info = ray_get([a.reshard.remote(s) for a, s in zip(self.actors[:old], self.shards)]) + added
+        self._plan_steps()
+        return f"grew from {old} to {k} workers (nodes joined); shards re-planned"
 
     def _answers(self, actor) -> bool:
         """Whether a worker answers within --step-timeout (a hung worker does not)."""
@@ -182,3 +221,5 @@ class Fleet:
     def stop(self) -> None:
         for actor in self.actors:
             ray.kill(actor)
+        if self.config.min_workers:
+            request_resources(bundles=[])  # the autoscaler may let the nodes go

@@ -96,10 +96,10 @@ def merge_evaluations(evaluations: list[Evaluation]) -> dict[str, Any]:
             **(metrics.summary() if metrics is not None else {})}
 
 
-def _next_stop(step: int, total: int, config: TrainConfig) -> int:
-    """The next step at which to log, validate or checkpoint."""
+def _next_stop(step: int, total: int, config: TrainConfig, steps_per_epoch: int) -> int:
+    """The next step at which to log, validate or checkpoint; or, when the run may grow, to end an epoch."""
     every = [config.log_every] + ([config.checkpoint_every] if config.checkpoint_dir and config.checkpoint_every else []) \
-        + ([config.val_every] if config.val_every else [])
+        + ([config.val_every] if config.val_every else []) + ([steps_per_epoch] if config.min_workers else [])
     return min([total] + [(step // n + 1) * n for n in every])
 
 
@@ -302,8 +302,10 @@ def _train(config: TrainConfig, ds: data.Dataset, model: dict, fleet: Fleet, sta
     ok = False
     try:
         while state.step < total:
-            stop = _next_stop(state.step, total, config)
             try:  # the shards drive the steps up to the next log, validation or checkpoint point
+                if state.step % fleet.steps_per_epoch == 0 and (grown := fleet.grow()):  # elastic: nodes joined
+                    progress.log(f"step {state.step}: {grown}")
+                stop = _next_stop(state.step, total, config, fleet.steps_per_epoch)
                 state = taken(shards.run(stop, fleet.actors, fleet.batches, fleet.steps_per_epoch))
             except LOST as e:
                 failed(e)

@@ -42,6 +42,12 @@ def test_every_flag_reaches_its_setting():
     assert c.storage.s3_endpoint == "http://h:1"
 
 
+def test_a_worker_range_makes_an_elastic_run_and_one_number_a_fixed_one():
+    assert (parse_args(["--workers", "2:5"])[1].min_workers, parse_args(["--workers", "2:5"])[1].workers) == (2, 5)
+    assert (parse_args(["--workers", "3"])[1].min_workers, parse_args(["--workers", "3"])[1].workers) == (0, 3)
+    assert parse_args(["--workers", "4:4"])[1].min_workers == 0  # MIN = MAX: a fixed run
+
+
 def test_arch_workers_set_the_number_of_workers():
     _, c = parse_args(["--arch-workers", "x86_64=2,aarch64=3", "--workers", "1"])
     assert c.arch_workers == {"x86_64": 2, "aarch64": 3} and c.workers == 5
@@ -55,6 +61,10 @@ def test_arch_workers_set_the_number_of_workers():
     (["--arch-workers", "x86_64=two"], "expected x86_64=N,aarch64=M"),
     (["--workers", "0"], "need at least 1 worker and batch size >= workers, got 0, 4096"),
     (["--workers", "4", "--batch-size", "3"], "need at least 1 worker and batch size >= workers, got 4, 3"),
+    (["--workers", "3:2"], "--workers 3:2: need 1 <= MIN <= MAX, and no --arch-workers"),
+    (["--workers", "0:2"], "expected N or MIN:MAX with MIN >= 1, got '0:2'"),
+    (["--workers", "2:x"], "expected N or MIN:MAX with MIN >= 1, got '2:x'"),
+    (["--workers", "1:3", "--arch-workers", "x86_64=2"], "need 1 <= MIN <= MAX, and no --arch-workers"),
     (["--val-fraction", "1"], "val_fraction must be in [0, 1), got 1.0"),
     (["--val-fraction", "-0.1"], "val_fraction must be in [0, 1), got -0.1"),
     (["--schedule", "step"], "invalid choice: 'step'"),

@@ -188,7 +188,7 @@ def test_a_gradient_nonfinite_in_one_shards_slice_is_skipped_by_every_shard(flee
     """The worker reports the NaN loss to both shards, so shard 0, whose slice is finite, skips
     step 3 as shard 1 does (else the shards' states disagree and do not join)."""
     spec, ds = fleet.spec, fleet.ds
-    config = dataclasses.replace(fleet.config, servers=2, on_nonfinite="skip")
+    config = dataclasses.replace(fleet.config, servers=2, on_nonfinite="skip", step_timeout=30.0)  # a new worker's first steps
     poisoning = ray.remote(PoisoningWorker).options(max_concurrency=2).remote(
         spec, config, ds, fleet.shards[1], 1, fleet.prep, step=3)
     ray.get(poisoning.ready.remote())

@@ -1,4 +1,8 @@
-"""Batch prediction on a real local Ray: output equals one process's prediction, bit for bit, locally and on S3."""
+"""Batch prediction on a real local Ray: output equals one process's prediction, locally and on S3.
+
+Equal within float32 rounding, not bit for bit: a task predicts a row group at a time and the
+reference all rows at once, and BLAS may round a GEMM of 300 rows differently from one of 1,500
+(seen on AMD EPYC: 1 ulp in one value of 4,500)."""
 import subprocess
 import sys
 from pathlib import Path
@@ -59,6 +63,11 @@ def single_process(ckpt: str, data: str) -> tuple[pa.Table, np.ndarray]:
     return pq.read_table(data), model.predict(X)
 
 
+def assert_same(got: np.ndarray, expected: np.ndarray) -> None:
+    np.testing.assert_array_max_ulp(got, expected, maxulp=8)
+    assert got.dtype == expected.dtype == np.float32
+
+
 def quantiles(table: pa.Table) -> np.ndarray:
     return np.column_stack([table.column(n).to_numpy() for n in ("q0.05", "q0.5", "q0.95")])
 
@@ -73,7 +82,7 @@ def test_local_output_equals_one_process(ray_local, keyed_data, ckpt, tmp_path):
     assert out.schema.names == ["id", "name", "y", "q0.05", "q0.5", "q0.95"]  # every column but the features
     assert out.select(["id", "name", "y"]).equals(table.select(["id", "name", "y"]))
     assert all(out.schema.field(n).type == pa.float32() for n in ("q0.05", "q0.5", "q0.95"))
-    assert quantiles(out).tobytes() == expected.tobytes()
+    assert_same(quantiles(out), expected)
     assert out.schema.metadata[b"mgdist.checkpoint"] == ckpt.encode()
     assert pq.read_schema(files[2]).metadata[b"mgdist.source"] == str(keyed_data / "b.parquet").encode()
 
@@ -87,7 +96,7 @@ def test_s3_output_from_the_job_equals_one_process(ray_local, s3_env, keyed_data
     remote = pa.concat_tables([pq.read_table(f.removeprefix("s3://"), filesystem=fs) for f in files])
     table, expected = single_process(ckpt, str(keyed_data))
     assert remote.column_names == ["id", "q0.05", "q0.5", "q0.95"] and remote["id"].equals(table["id"])
-    assert quantiles(remote).tobytes() == expected.tobytes()
+    assert_same(quantiles(remote), expected)
 
     job = [sys.executable, str(ROOT / "jobs/predict.py"), "--checkpoint", ckpt, "--data", str(keyed_data),
            "--keep", "", "--address", ray.get_runtime_context().gcs_address]
@@ -96,7 +105,8 @@ def test_s3_output_from_the_job_equals_one_process(ray_local, s3_env, keyed_data
     assert done.stdout.splitlines()[-1] == f"wrote 3 file(s) under {out}-job"
     assert "1.50k/1.50k" in done.stderr  # the progress bar reached every row
     from_job = pq.read_table(f"{s3_env.bucket}/predictions-job", filesystem=fs)  # a directory, in name order
-    assert from_job.column_names == ["q0.05", "q0.5", "q0.95"] and quantiles(from_job).tobytes() == expected.tobytes()
+    assert from_job.column_names == ["q0.05", "q0.5", "q0.95"]
+    assert_same(quantiles(from_job), expected)
     done = subprocess.run([*job, "--out", out], capture_output=True, text=True)
     assert done.returncode == 2 and done.stderr == f"error: {out} already holds files: write to a new place\n"
 
@@ -107,12 +117,12 @@ def test_columns_found_by_name_and_clear_errors(ray_local, keyed_data, ckpt, tmp
     pq.write_table(table.select(["y", "f5", "f4", "f3", "f2", "f1", "f0", "id"]).append_column("extra", table["y"]),
                    reordered)
     files = predict(ckpt, str(reordered), str(tmp_path / "out"), keep=["id"], progress=False)
-    assert quantiles(pq.read_table(files[0])).tobytes() == single_process(ckpt, str(keyed_data))[1].tobytes()
+    assert_same(quantiles(pq.read_table(files[0])), single_process(ckpt, str(keyed_data))[1])
 
     unlabelled = tmp_path / "unlabelled.parquet"  # new data to predict: no target column
     pq.write_table(table.drop_columns(["y"]), unlabelled)
     files = predict(ckpt, str(unlabelled), str(tmp_path / "out-unlabelled"), progress=False)
-    assert quantiles(pq.read_table(files[0])).tobytes() == single_process(ckpt, str(keyed_data))[1].tobytes()
+    assert_same(quantiles(pq.read_table(files[0])), single_process(ckpt, str(keyed_data))[1])
 
     fewer = tmp_path / "fewer.parquet"
     pq.write_table(table.drop_columns(["f4", "f5"]), fewer)

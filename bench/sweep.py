@@ -1,0 +1,238 @@
+"""The framework's cost per step, with almost no compute, as workers, parameters and server
+shards grow; a cost model fitted to it; and what that model projects for EC2 clusters.
+
+On a ray.cluster_utils.Cluster of NODES nodes (this machine's cores shared by all), each
+(workers W, parameters P, servers S) trains `Ballast`: a linear model over 4 features plus
+P parameters that no loss touches, so a step's messages carry P floats each way and the
+workers compute almost nothing (8 rows each). Measured per run, in the steady state:
+- the time per step, from the metrics log's elapsed seconds;
+- the bytes per step through the busiest process: every TCP socket's bytes_sent and
+  bytes_received as the kernel counts them (`ss -tinpO`), summed per process, sampled twice
+  during the run, turned into bytes per step by the step rate.
+Then a least-squares fit  step = c0 + c_msg x messages + c_byte x bytes + c_worker x W
+over the busiest process's messages and bytes per step, and the projection: the share of a
+step outside compute for N Graviton nodes on EC2 networks (figures in NETWORKS, COMPUTE).
+
+    python bench/scaling.py --sweep [--workers 1 2 4 8 16 32] [--params 10000 1000000 10000000] [--servers 1 2 4]
+Inside a loopback-only network namespace, as README.md says (root: `ss -p` sees every process).
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import re
+import subprocess
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import ray
+from ray.cluster_utils import Cluster
+
+import mgdist
+from micrograd import Value
+from micrograd.losses import mse
+from mgdist.config import TrainConfig
+from mgdist.workloads import synthetic
+
+NODES, CPUS_PER_NODE = 4, 8  # logical CPUs: 32 workers of 1 CPU fit
+ROWS_PER_WORKER = 8
+HEADER_BYTES = 32  # link.HEAD: a message is a 32-byte header and the float32 array
+
+
+class Ballast:
+    """y ~ X w, plus `size` - features parameters that the loss never touches: a model with the
+    messages of `size` parameters and almost none of their compute."""
+
+    def __init__(self, features: int, size: int = 10_000):
+        self.w = Value(np.zeros((features, 1), np.float32))
+        self.ballast = Value(np.zeros(max(0, size - features), np.float32))
+        X, y = Value.placeholder("X", (None, features)), Value.placeholder("y", (None,))
+        self.prediction = (X @ self.w)[:, 0]
+        self.loss = mse(self.prediction, y)
+
+    def parameters(self) -> list[Value]:
+        return [self.w, self.ballast]
+
+
+@dataclass
+class Point:
+    workers: int
+    params: int
+    servers: int
+    step_s: float          # per step, steady state
+    busiest_bytes: float   # per step, through the busiest process (kernel's socket counters)
+    busiest: str           # which process that was
+    messages: int          # per step, through the busiest process
+
+
+SOCKET = re.compile(r'users:\(\("([^"]+)",pid=(\d+),.*?bytes_sent:(\d+).*?bytes_received:(\d+)')
+
+
+def socket_bytes() -> dict[int, tuple[str, int]]:
+    """(process name, bytes sent + received over its established TCP sockets) of every process."""
+    out = subprocess.run(["ss", "-tinpHO", "state", "established"], capture_output=True, text=True).stdout
+    totals: dict[int, tuple[str, int]] = {}
+    for line in out.splitlines():
+        m = SOCKET.search(line)
+        if m:
+            name, pid, sent, received = m[1], int(m[2]), int(m[3]), int(m[4])
+            totals[pid] = (name, totals.get(pid, (name, 0))[1] + sent + received)
+    return totals
+
+
+def last_step(metrics: str) -> int:
+    try:
+        lines = open(metrics).read().splitlines()
+        return json.loads(lines[-1])["step"] if lines else 0
+    except (FileNotFoundError, json.JSONDecodeError):  # not yet, or mid-write
+        return 0
+
+
+def measure(path: str, workers: int, params: int, servers: int, steps: int) -> Point:
+    """One run; its steady-state step time and the busiest process's bytes per step."""
+    metrics = tempfile.mktemp(suffix=".jsonl")
+    samples: list[tuple[float, dict]] = []
+
+    def sample() -> None:  # twice in the steady state: at 30% and at 80% of the steps
+        for share in (0.3, 0.8):
+            while last_step(metrics) < share * steps and not done.is_set():
+                time.sleep(0.01)
+            if not done.is_set():
+                samples.append((time.perf_counter(), socket_bytes()))
+    done = threading.Event()
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    extra = {"servers": servers} if servers > 1 else {}
+    quiet = io.StringIO()  # each run's progress lines and summary
+    try:
+        with contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
+            mgdist.train(Ballast, path, model_args={"size": params}, workers=workers,
+                         batch_size=ROWS_PER_WORKER * workers, steps=steps, log_every=max(1, steps // 20),
+                         val_fraction=0.0, standardize="none", schedule="constant", lr=1e-3, metrics=metrics,
+                         placement_timeout=300, step_timeout=120, **extra)
+    finally:
+        done.set()
+        sampler.join()
+    records = [json.loads(line) for line in open(metrics)]
+    os.unlink(metrics)
+    steady = [r for r in records if r["step"] >= 0.2 * steps]
+    step_s = (steady[-1]["elapsed_s"] - steady[0]["elapsed_s"]) / (steady[-1]["step"] - steady[0]["step"])
+    if len(samples) < 2:
+        raise RuntimeError(f"the run of {workers} workers x {params:,} parameters ended before two samples")
+    (t0, before), (t1, after) = samples
+    per_step = {pid: (name, (total - before.get(pid, (name, 0))[1]) / (t1 - t0) * step_s)
+                for pid, (name, total) in after.items()}
+    pid = max(per_step, key=lambda p: per_step[p][1])
+    name, busiest = per_step[pid]
+    is_server = "Param" in name  # ray::ParameterServer, as the kernel shortens it
+    return Point(workers, params, servers, step_s, busiest, name, 2 * workers if is_server else 2 * servers)
+
+
+def protocol_bytes(p: Point) -> float:
+    """What the protocol moves per step through the busiest process (both directions): a server
+    shard's slice to and from each of W workers, or a worker's slice to and from each of S shards."""
+    message = p.params / p.servers * 4 + HEADER_BYTES
+    return 2 * message * max(p.workers, p.servers)
+
+
+def fit(points: list[Point]) -> np.ndarray:
+    """Least squares c0, c_msg, c_byte, c_worker (each >= 0) of step = c0 + c_msg m + c_byte b + c_worker W."""
+    A = np.array([[1.0, p.messages, p.busiest_bytes, p.workers] for p in points])
+    t = np.array([p.step_s for p in points])
+    active = list(range(4))
+    while True:  # drop a negative coefficient and fit again (a small non-negative least squares)
+        c = np.zeros(4)
+        c[active] = np.linalg.lstsq(A[:, active], t, rcond=None)[0]
+        if (c >= 0).all():
+            return c
+        active.remove(int(np.argmin(c)))
+
+
+# EC2 figures the projection uses (AWS's instance network bandwidth pages): one TCP flow between two
+# instances gets up to 5 Gbps outside a cluster placement group and 10 Gbps inside one; instances
+# of 16 vCPUs or fewer are rated "up to" a figure (c7g.4xlarge: up to 15 Gbps) with a lower baseline.
+NETWORKS = {"5 Gbps a node": 5e9 / 8, "15 Gbps a node": 15e9 / 8}
+COMPUTE = 8192 * 6 * 1e6 / 300e9
+"""Seconds of a step of a 1M-weight MLP on one node: 8,192 rows a worker (the default 16,384-row
+batch of a default 2-worker run) x 6 flops a weight and row (forward, two backward GEMMs) at
+300 GFLOP/s (16 Graviton3 vCPUs at about half their float32 FMA peak): an assumption, not measured."""
+
+
+def project(c: np.ndarray, nodes: int, params: int, servers: int, bandwidth: float) -> float:
+    """Share of a step outside compute: one worker per node and `servers` shards on as many of the
+    nodes. A shard exchanges its slice with every worker (2 x nodes messages a step); a node's
+    network carries, in each of the two phases (weights out, gradients back), the larger of its
+    shard's traffic and its worker's; that time, and the fitted per-byte CPU cost, are added."""
+    busiest = 2 * max(nodes * params * 4 / servers, params * 4)
+    outside = c[0] + c[1] * 2 * nodes + c[3] * nodes + busiest * (1 / bandwidth + c[2])
+    return outside / (outside + COMPUTE)
+
+
+def sweep(workers: list[int], params: list[int], servers: list[int]) -> None:
+    if "servers" not in {f for f in TrainConfig.__dataclass_fields__} and servers != [1]:
+        print("this mgdist has one parameter server: measuring S = 1 only")
+        servers = [1]
+    cluster = Cluster(initialize_head=True, connect=False, head_node_args=dict(
+        num_cpus=0, include_dashboard=False, object_store_memory=400 * 2**20))
+    for _ in range(NODES):
+        cluster.add_node(num_cpus=CPUS_PER_NODE, object_store_memory=400 * 2**20)
+    path = os.path.join(tempfile.mkdtemp(prefix="mgdist-sweep-"), "data")
+    synthetic.write(path, rows=64 * 256, features=4, files=4, row_group_rows=256, progress=False)
+    ray.init(address=cluster.address, log_to_driver=False)
+    points: list[Point] = []
+    print(f"{NODES} Cluster nodes x {CPUS_PER_NODE} logical CPUs on {os.cpu_count()} cores; "
+          f"{ROWS_PER_WORKER} rows per worker; load average {os.getloadavg()[0]:.1f}")
+    print(f"{'params':>10} {'S':>2} {'workers':>7} {'ms/step':>8} {'MB/step busiest':>16} {'(protocol)':>11}  busiest")
+    try:
+        for p in params:
+            steps = 300 if p <= 100_000 else 60 if p <= 2_000_000 else 20
+            for s in servers:
+                for w in workers:
+                    point = measure(path, w, p, s, steps)
+                    points.append(point)
+                    print(f"{p:>10,} {s:>2} {w:>7} {1e3 * point.step_s:8.2f} {point.busiest_bytes / 1e6:16.2f} "
+                          f"{protocol_bytes(point) / 1e6:11.2f}  {point.busiest}", flush=True)
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    report(points)
+
+
+def report(points: list[Point]) -> None:
+    by = {(p.params, p.servers, p.workers): p.step_s for p in points}
+    for p in sorted({p.params for p in points}):
+        if (p, 1, 4) in by and (p, 1, 32) in by:
+            print(f"{p:,} params, S = 1: 32 workers / 4 workers per step: {by[p, 1, 32] / by[p, 1, 4]:.2f}x "
+                  "(target <= 2.5x)")
+    for p in sorted({p.params for p in points}):
+        if (p, 1, 8) in by and (p, 4, 8) in by:
+            print(f"{p:,} params, 8 workers: S = 1 / S = 4 per step: {by[p, 1, 8] / by[p, 4, 8]:.2f}x (target >= 1.6x)")
+    c = fit(points)
+    print(f"fit: step = {1e3 * c[0]:.3f} ms + {1e6 * c[1]:.1f} us x messages + {1e9 * c[2]:.3f} ns x bytes "
+          f"+ {1e6 * c[3]:.1f} us x workers (busiest process)")
+    print(f"projection, one 16-vCPU Graviton worker per node, compute {1e3 * COMPUTE:.0f} ms a step "
+          "(1M parameters, 8,192 rows per worker); share of a step outside compute:")
+    print(f"{'nodes':>6} {'S':>4} " + " ".join(f"{name:>15}" for name in NETWORKS))
+    for nodes in (16, 32, 64, 128, 256):
+        for s in sorted({1, max(1, nodes // 16), max(1, nodes // 4), nodes}):
+            print(f"{nodes:>6} {s:>4} " + " ".join(f"{100 * project(c, nodes, 1_000_000, s, bw):14.1f}%"
+                                                   for bw in NETWORKS.values()))
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32])
+    p.add_argument("--params", type=int, nargs="+", default=[10_000, 1_000_000, 10_000_000])
+    p.add_argument("--servers", type=int, nargs="+", default=[1, 2, 4])
+    args = p.parse_args(argv)
+    sweep(args.workers, args.params, args.servers)
+
+
+if __name__ == "__main__":
+    main()
