@@ -1,8 +1,8 @@
 """The chaos soak of tests/test_chaos.py, for as many seeds as asked: each a long run through
-nine faults (workers, the server and the S3 server killed or frozen, a straggler), checked
+nine faults (workers, a server shard and the S3 server killed or frozen, a straggler), checked
 against the uninterrupted run's parameters and step log. Prints each seed's faults.
 
-    python bench/chaos.py [--seeds 7 8 9]
+    python bench/chaos.py [--seeds 7 8 9] [--servers 2]
 Inside a loopback-only network namespace, as README.md says.
 """
 from __future__ import annotations
@@ -19,11 +19,12 @@ TEST = Path(__file__).resolve().parents[1] / "tests" / "test_chaos.py"
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seeds", type=int, nargs="+", default=[7], help="fault schedules to run, one run each")
+    p.add_argument("--servers", type=int, default=2, help="parameter server shards of each run")
     args = p.parse_args()
     failed = []
     for seed in args.seeds:
         run = subprocess.run([sys.executable, "-m", "pytest", str(TEST), "-m", "slow", "-s", "-q"],
-                             env=os.environ | {"MGDIST_CHAOS_SEED": str(seed)})
+                             env=os.environ | {"MGDIST_CHAOS_SEED": str(seed), "MGDIST_CHAOS_SERVERS": str(args.servers)})
         if run.returncode:
             failed.append(seed)
     print(f"{len(args.seeds) - len(failed)} of {len(args.seeds)} seeds survived" + (f"; failed: {failed}" if failed else ""))

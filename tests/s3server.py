@@ -25,7 +25,7 @@ class S3Server:
     bucket: str
     process: subprocess.Popen
     workdir: Path
-    ports: list[int]  # the S3 port first: start_again() reuses them all, and the data dir
+    ports: list[int]  # the S3 port first: start_again() reuses it (and the others while free), and the data dir
 
     def env(self) -> dict[str, str]:
         """The standard AWS variables that point a client at this server."""
@@ -65,7 +65,7 @@ def start(workdir: Path, timeout: float = 60.0, attempts: int = 3) -> S3Server:
         ports = _free_ports(2 * len(COMPONENTS))
         server = S3Server(f"http://127.0.0.1:{ports[0]}", KEY, SECRET, BUCKET, None, workdir, ports)
         try:
-            start_again(server, timeout)
+            _launch(server, timeout)
             return server
         except ExitedEarly:
             if attempt == attempts - 1:
@@ -79,8 +79,20 @@ class ExitedEarly(RuntimeError):
 COMPONENTS = ["s3", "master", "volume", "filer", "admin"]
 
 
-def start_again(server: S3Server, timeout: float = 60.0) -> None:
-    """(Re)start `server`'s process on its ports and data dir; wait until it takes a PUT."""
+def start_again(server: S3Server, timeout: float = 60.0, attempts: int = 3) -> None:
+    """(Re)start `server`'s process on its S3 port and data dir; wait until it takes a PUT. If it
+    exits while starting (another process took one of its other ports while it was down, as a busy
+    Ray does), it starts again with new ports for all but the S3 one, up to `attempts` times."""
+    for attempt in range(attempts):
+        try:
+            return _launch(server, timeout)
+        except ExitedEarly:
+            if attempt == attempts - 1:
+                raise
+            server.ports = server.ports[:1] + _free_ports(len(server.ports) - 1)
+
+
+def _launch(server: S3Server, timeout: float) -> None:
     import s3fs
     workdir, ports = server.workdir, server.ports
     port_flags = [f"-{c}.port={p}" for c, p in zip(COMPONENTS, ports)]

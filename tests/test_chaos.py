@@ -1,12 +1,12 @@
 """Soak: one long run of jobs/quantile.py, checkpoints on this module's own S3 server, through a
-seeded schedule of faults: workers killed (ray.kill and SIGKILL), the parameter server killed
-and frozen, the S3 server stopped and started again, a worker starved into a straggler. Each
-fault is injected once the run has stepped on from the last one's recovery. The run must end
+seeded schedule of faults: workers killed (ray.kill and SIGKILL), a parameter server shard (of
+MGDIST_CHAOS_SERVERS, default 2) killed and frozen, the S3 server stopped and started again, a
+worker starved into a straggler. Each fault is injected once the run has stepped on from the last one's recovery. The run must end
 with the uninterrupted run's parameters, and its step log (the server's record of every step
 it took, carried through every restore into the checkpoint) must show each step once, with the
 rows and loss of the uninterrupted run's.
 
-    python -m pytest -m slow tests/test_chaos.py -s      (or: python bench/chaos.py [--seed N])
+    python -m pytest -m slow tests/test_chaos.py -s      (or: python bench/chaos.py [--seeds N ...])
 Inside a loopback-only network namespace, as README.md says. MGDIST_CHAOS_SEED picks the schedule.
 """
 from __future__ import annotations
@@ -34,13 +34,14 @@ pytestmark = pytest.mark.slow
 
 STEPS = 1500
 SEED = int(os.environ.get("MGDIST_CHAOS_SEED", "7"))
+SERVERS = int(os.environ.get("MGDIST_CHAOS_SERVERS", "2"))  # parameter server shards: a fault hits one of them
 FAULTS = ["ray.kill worker", "ray.kill worker", "SIGKILL worker", "kill server", "kill server", "freeze server",
           "stop S3", "stop S3", "starve worker"]  # in a seeded order; nine in all
 
 
 def chaos_args(data_path: str, ckpt: str, address: str) -> list[str]:
     return job_args(data_path, ckpt, "--address", address, "--steps", str(STEPS), "--step-timeout", "2",
-                    "--checkpoint-every", "20", "--max-failures", "30")
+                    "--checkpoint-every", "20", "--max-failures", "30", "--servers", str(SERVERS))
 
 
 @dataclass
@@ -51,9 +52,9 @@ class Fault:
     after_step: int       # the metrics log's step then
 
 
-def _pid(run: Driver, kind: str, rank: int = 0) -> int:
-    """The process id of this run's live worker `rank` (or server)."""
-    name = f"mgdist-{kind}-{rank}-" if kind == "worker" else "mgdist-server-"
+def _pid(run: Driver, kind: str, rank: int) -> int:
+    """The process id of this run's live worker `rank` (or server shard)."""
+    name = f"mgdist-{kind}-{rank}-"
     return next(a["Pid"] for a in actor_table().values()
                 if a["State"] == "ALIVE" and a["Name"].startswith(name) and a["Name"] not in run.older)
 
@@ -72,7 +73,7 @@ def inject(run: Driver, kind: str, rng: random.Random, s3: s3server.S3Server) ->
     """Inflict one fault and wait until the run's log shows it dealt with."""
     log = run.log
     count = lambda text: run.log.count(text) > log.count(text)  # noqa: E731 - a new line of this text since now
-    rank = rng.randrange(2)
+    rank, shard = rng.randrange(2), rng.randrange(SERVERS)
     if kind in ("ray.kill worker", "SIGKILL worker"):
         if kind == "ray.kill worker":
             ray.kill(run.actors("worker")[rank], no_restart=False)
@@ -80,10 +81,10 @@ def inject(run: Driver, kind: str, rng: random.Random, s3: s3server.S3Server) ->
             os.kill(_pid(run, "worker", rank), signal.SIGKILL)
         run.wait_until(lambda: count("on their shards"), f"worker {rank} replaced")
     elif kind == "kill server":
-        ray.kill(run.actors("server")[0], no_restart=False)
+        ray.kill(run.actors("server")[shard], no_restart=False)
         run.wait_until(lambda: count("parameter server lost: restored step"), "server restored")
     elif kind == "freeze server":
-        pid = _pid(run, "server")
+        pid = _pid(run, "server", shard)
         os.kill(pid, signal.SIGSTOP)
         try:
             run.wait_until(lambda: count("parameter server lost: restored step"), "frozen server replaced")
@@ -135,7 +136,8 @@ def test_a_run_through_nine_faults_ends_as_the_uninterrupted_run(ray_address, da
     faults = survive(run, schedule, own_s3_env, rng, gap=lambda: rng.randrange(20, 80))
     assert run.finish(timeout=600) == 0, run.log
 
-    print(f"\nseed {SEED}: {len(faults)} faults survived, {run.summary['failures_survived']} counted as failures")
+    print(f"\nseed {SEED}, {SERVERS} server shard(s): {len(faults)} faults survived, "
+          f"{run.summary['failures_survived']} counted as failures")
     for f in faults:
         print(f"  step {f.at_step:5d}  {f.kind:16s} recovered in {f.recovered_s:5.1f} s, by step {f.after_step}")
     got, manifest = checkpoint.load(ckpt, STEPS)

@@ -62,10 +62,10 @@ def test_an_elastic_run_starts_with_what_the_cluster_holds(cluster, dataset, tmp
     assert run.summary["workers"] == 1 and "grew" not in run.log
 
 
-def test_a_node_lost_mid_run_ends_with_the_uninterrupted_runs_weights(cluster, dataset, tmp_path):
+def test_a_node_lost_mid_run_with_two_server_shards_ends_with_the_uninterrupted_runs_weights(cluster, dataset, tmp_path):
     nodes = [cluster.add_node(**NODE) for _ in range(3)]  # 2 workers, and a spare node for a replacement
     args = lambda ckpt: job_args(dataset, ckpt, "--address", cluster.address, "--steps", "400",  # noqa: E731
-                                 "--placement-timeout", "60")
+                                 "--placement-timeout", "60", "--servers", "2")
     reference = Driver(tmp_path / "reference", args(tmp_path / "reference-ckpt"))
     assert reference.finish() == 0, reference.log
     ray.init(address=cluster.address)
