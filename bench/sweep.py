@@ -19,6 +19,7 @@ Inside a loopback-only network namespace, as README.md says (root: `ss -p` sees 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 import os
@@ -36,7 +37,6 @@ from ray.cluster_utils import Cluster
 import mgdist
 from micrograd import Value
 from micrograd.losses import mse
-from mgdist.config import TrainConfig
 from mgdist.workloads import synthetic
 
 NODES, CPUS_PER_NODE = 4, 8  # logical CPUs: 32 workers of 1 CPU fit
@@ -98,8 +98,8 @@ def measure(path: str, workers: int, params: int, servers: int, steps: int) -> P
     metrics = tempfile.mktemp(suffix=".jsonl")
     samples: list[tuple[float, dict]] = []
 
-    def sample() -> None:  # twice in the steady state: at 30% and at 80% of the steps
-        for share in (0.3, 0.8):
+    def sample() -> None:  # twice in the steady state: at the log points of 25% and 75% of the steps
+        for share in (0.25, 0.75):
             while last_step(metrics) < share * steps and not done.is_set():
                 time.sleep(0.01)
             if not done.is_set():
@@ -112,7 +112,7 @@ def measure(path: str, workers: int, params: int, servers: int, steps: int) -> P
     try:
         with contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
             mgdist.train(Ballast, path, model_args={"size": params}, workers=workers,
-                         batch_size=ROWS_PER_WORKER * workers, steps=steps, log_every=max(1, steps // 20),
+                         batch_size=ROWS_PER_WORKER * workers, steps=steps, log_every=max(1, steps // 4),
                          val_fraction=0.0, standardize="none", schedule="constant", lr=1e-3, metrics=metrics,
                          placement_timeout=300, step_timeout=120, **extra)
     finally:
@@ -120,7 +120,8 @@ def measure(path: str, workers: int, params: int, servers: int, steps: int) -> P
         sampler.join()
     records = [json.loads(line) for line in open(metrics)]
     os.unlink(metrics)
-    steady = [r for r in records if r["step"] >= 0.2 * steps]
+    steady = [r for r in records if r["step"] >= 0.25 * steps]  # a log point every quarter: the driver
+    # takes the whole state (parameters, optimiser) at each, so they are few
     step_s = (steady[-1]["elapsed_s"] - steady[0]["elapsed_s"]) / (steady[-1]["step"] - steady[0]["step"])
     if len(samples) < 2:
         raise RuntimeError(f"the run of {workers} workers x {params:,} parameters ended before two samples")
@@ -140,13 +141,19 @@ def protocol_bytes(p: Point) -> float:
     return 2 * message * max(p.workers, p.servers)
 
 
+def step(c: np.ndarray, p: Point) -> float:
+    """The fitted step time of a measured point."""
+    return c[0] + c[1] * p.messages + c[2] * p.busiest_bytes + c[3] * p.workers + c[4] * p.params / p.servers
+
+
 def fit(points: list[Point]) -> np.ndarray:
-    """Least squares c0, c_msg, c_byte, c_worker (each >= 0) of step = c0 + c_msg m + c_byte b + c_worker W."""
-    A = np.array([[1.0, p.messages, p.busiest_bytes, p.workers] for p in points])
+    """Least squares c0, c_msg, c_byte, c_worker, c_param (each >= 0) of step = c0 + c_msg x
+    messages + c_byte x bytes + c_worker x W + c_param x P / S (a shard's averaging and optimiser)."""
+    A = np.array([[1.0, p.messages, p.busiest_bytes, p.workers, p.params / p.servers] for p in points])
     t = np.array([p.step_s for p in points])
-    active = list(range(4))
+    active = list(range(A.shape[1]))
     while True:  # drop a negative coefficient and fit again (a small non-negative least squares)
-        c = np.zeros(4)
+        c = np.zeros(A.shape[1])
         c[active] = np.linalg.lstsq(A[:, active], t, rcond=None)[0]
         if (c >= 0).all():
             return c
@@ -169,14 +176,20 @@ def project(c: np.ndarray, nodes: int, params: int, servers: int, bandwidth: flo
     network carries, in each of the two phases (weights out, gradients back), the larger of its
     shard's traffic and its worker's; that time, and the fitted per-byte CPU cost, are added."""
     busiest = 2 * max(nodes * params * 4 / servers, params * 4)
-    outside = c[0] + c[1] * 2 * nodes + c[3] * nodes + busiest * (1 / bandwidth + c[2])
+    outside = c[0] + c[1] * 2 * nodes + c[3] * nodes + c[4] * params / servers + busiest * (1 / bandwidth + c[2])
     return outside / (outside + COMPUTE)
 
 
-def sweep(workers: list[int], params: list[int], servers: list[int]) -> None:
-    if "servers" not in {f for f in TrainConfig.__dataclass_fields__} and servers != [1]:
-        print("this mgdist has one parameter server: measuring S = 1 only")
-        servers = [1]
+def sweep(workers: list[int], params: list[int], servers: list[int], save: str | None = None,
+          earlier: list[str] = ()) -> None:
+    points: list[Point] = [Point(**p) for name in earlier for p in json.load(open(name))]
+    if params:
+        points += measured(workers, params, servers, save)
+    report(points)
+
+
+def measured(workers: list[int], params: list[int], servers: list[int], save: str | None) -> list[Point]:
+    """Every (parameters, servers, workers) measured on a new Cluster, printed as it comes."""
     cluster = Cluster(initialize_head=True, connect=False, head_node_args=dict(
         num_cpus=0, include_dashboard=False, object_store_memory=400 * 2**20))
     for _ in range(NODES):
@@ -190,7 +203,7 @@ def sweep(workers: list[int], params: list[int], servers: list[int]) -> None:
     print(f"{'params':>10} {'S':>2} {'workers':>7} {'ms/step':>8} {'MB/step busiest':>16} {'(protocol)':>11}  busiest")
     try:
         for p in params:
-            steps = 300 if p <= 100_000 else 60 if p <= 2_000_000 else 20
+            steps = 400 if p <= 100_000 else 80 if p <= 2_000_000 else 32
             for s in servers:
                 for w in workers:
                     point = measure(path, w, p, s, steps)
@@ -200,7 +213,10 @@ def sweep(workers: list[int], params: list[int], servers: list[int]) -> None:
     finally:
         ray.shutdown()
         cluster.shutdown()
-    report(points)
+        if save:
+            with open(save, "w") as f:
+                json.dump([dataclasses.asdict(p) for p in points], f, indent=1)
+    return points
 
 
 def report(points: list[Point]) -> None:
@@ -214,7 +230,8 @@ def report(points: list[Point]) -> None:
             print(f"{p:,} params, 8 workers: S = 1 / S = 4 per step: {by[p, 1, 8] / by[p, 4, 8]:.2f}x (target >= 1.6x)")
     c = fit(points)
     print(f"fit: step = {1e3 * c[0]:.3f} ms + {1e6 * c[1]:.1f} us x messages + {1e9 * c[2]:.3f} ns x bytes "
-          f"+ {1e6 * c[3]:.1f} us x workers (busiest process)")
+          f"+ {1e6 * c[3]:.1f} us x workers + {1e9 * c[4]:.2f} ns x parameters per shard (busiest process); "
+          f"rms error {1e3 * np.sqrt(np.mean([(step(c, p) - p.step_s) ** 2 for p in points])):.1f} ms")
     print(f"projection, one 16-vCPU Graviton worker per node, compute {1e3 * COMPUTE:.0f} ms a step "
           "(1M parameters, 8,192 rows per worker); share of a step outside compute:")
     print(f"{'nodes':>6} {'S':>4} " + " ".join(f"{name:>15}" for name in NETWORKS))
@@ -228,10 +245,14 @@ def main(argv: list[str] | None = None) -> None:
     import argparse
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32])
-    p.add_argument("--params", type=int, nargs="+", default=[10_000, 1_000_000, 10_000_000])
+    p.add_argument("--params", type=int, nargs="*", default=[10_000, 1_000_000, 10_000_000],
+                   help="none: only report the points of --with")
     p.add_argument("--servers", type=int, nargs="+", default=[1, 2, 4])
+    p.add_argument("--save", help="write the points measured to this JSON file")
+    p.add_argument("--with", dest="earlier", nargs="*", default=[], metavar="JSON",
+                   help="points saved by earlier runs (--save), reported and fitted with these")
     args = p.parse_args(argv)
-    sweep(args.workers, args.params, args.servers)
+    sweep(args.workers, args.params, args.servers, args.save, args.earlier)
 
 
 if __name__ == "__main__":
