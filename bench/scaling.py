@@ -22,7 +22,6 @@ import contextlib
 import io
 import os
 import sys
-import tempfile
 import time
 
 import numpy as np
@@ -33,9 +32,8 @@ from micrograd.optim import Adam
 from micrograd.parallel import GradSum
 from mgdist import data
 from mgdist.worker import epoch_order
-from mgdist.workloads import synthetic
 from mgdist.workloads.quantile import QuantileMLP
-from worker_profile import LEVELS, plain_bound, ray_init, setup
+from worker_profile import LEVELS, bench_data, plain_bound, ray_init, setup
 
 
 def single_process(path: str, batch: int, steps: int) -> float:
@@ -72,9 +70,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the bound and the 2-worker runs")
     p.add_argument("--data", help="existing dataset (default: write one to a temp dir)")
     args = p.parse_args()
-    path = args.data or os.path.join(tempfile.mkdtemp(prefix="mgdist-scaling-"), "data")
-    if not args.data:
-        synthetic.write(path, rows=args.rows, features=64, files=8, row_group_rows=65536)
+    path = bench_data(args.data, args.rows, "mgdist-scaling-")
     print(f"{args.rows:,} rows x 64 features, {args.epochs:g} epochs a run, {args.rounds} rounds, cpus={os.cpu_count()}, "
           f"load average {os.getloadavg()[0]:.2f}; medians (min-max) over rounds, ratios to the same round's bound")
     ray_init()

@@ -250,6 +250,16 @@ def plain_bound(s: Setup, steps: int) -> tuple[float, list[Timing]]:
     return sum(t.rows_per_s for t in timings), timings
 
 
+def bench_data(data: str | None, rows: int, prefix: str) -> str:
+    """`data`, or a new synthetic dataset of `rows` x 64 features in 8 files under a temp dir."""
+    if data:
+        return data
+    from mgdist.workloads import synthetic
+    path = os.path.join(tempfile.mkdtemp(prefix=prefix), "data")
+    synthetic.write(path, rows=rows, features=64, files=8, row_group_rows=65536)
+    return path
+
+
 def ray_init() -> None:
     """A local Ray of 2 CPUs whose workers can import this file (for ProfiledWorker)."""
     import ray
@@ -273,7 +283,6 @@ def report(name: str, timings: list[list[Timing]], base: float) -> None:
 
 def main() -> None:
     import ray
-    from mgdist.workloads import synthetic
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rows", type=int, default=1_000_000)
     p.add_argument("--batch", type=int, default=65536, help="global batch, of which each worker computes its share")
@@ -281,9 +290,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=5, help="interleaved rounds (every contender once a round); medians")
     p.add_argument("--data", help="existing dataset (default: write one to a temp dir)")
     args = p.parse_args()
-    path = args.data or os.path.join(tempfile.mkdtemp(prefix="mgdist-profile-"), "data")
-    if not args.data:
-        synthetic.write(path, rows=args.rows, features=64, files=8, row_group_rows=65536)
+    path = bench_data(args.data, args.rows, "mgdist-profile-")
     s = setup(path, args.batch)
     ray_init()
     remote = ray.remote(ProfiledWorker).options(num_cpus=1, max_concurrency=2)  # as mgdist places a worker
