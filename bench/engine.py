@@ -4,7 +4,7 @@ Runs, in one process and in interleaved rounds (every contender once per round, 
 load spike hits them alike): the same model as hand-written NumPy forward and backward with
 every buffer preallocated (the baseline, 2 BLAS threads, and 1 BLAS thread as a 1-CPU worker
 has); micrograd on one full batch per step (the graph as written); micrograd's GradSum in
-512-row passes on 1 thread (BLAS 1 thread) and on all threads (BLAS 1 thread each); and where
+512-row passes on 1 thread (BLAS 1 thread) and in 2,048-row passes on all threads (BLAS 1 thread each); and where
 installed PyTorch eager and torch.compile, JAX jit (a Python loop of steps, and lax.scan over
 the epoch) and TensorFlow tf.function. Every contender starts from the same weights and sees
 the same batches; compilation is done before timing. Prints the median epoch time, its ratio to
@@ -29,7 +29,7 @@ from micrograd import Value
 from micrograd.losses import pinball
 from micrograd.nn import MLP, flatten
 from micrograd.optim import Adam
-from micrograd.parallel import BLOCK, GradSum
+from micrograd.parallel import BLOCK, THREAD_BLOCK, GradSum
 
 FEATURES, HIDDEN, LEVELS = 64, 128, np.linspace(0.1, 0.9, 9, dtype=np.float32)
 LR, BETAS, EPS = 1e-3, (0.9, 0.999), 1e-8
@@ -81,8 +81,8 @@ def micrograd_full(X, y, size) -> Epoch:
 
 
 def micrograd_passes(X, y, size, threads: int) -> Epoch:
-    """GradSum: the batch in BLOCK-row passes on `threads` threads, as mgdist's workers run it."""
-    gs = GradSum(Quantile, BLOCK, threads)
+    """GradSum: the batch in passes of its default size on `threads` threads, as mgdist's workers run it."""
+    gs = GradSum(Quantile, threads=threads)
     start, mean = gs.params.copy(), np.empty_like(gs.params)
 
     def epoch():
@@ -263,8 +263,8 @@ def contenders(X, y, size, only: list[str]) -> list[Contender]:
     out = [Contender("NumPy loop (2 BLAS threads)", CPUS, numpy_loop(X, y, size)),
            Contender("NumPy loop (1 BLAS thread)", 1, numpy_loop(X, y, size)),
            Contender("micrograd, whole batch", CPUS, micrograd_full(X, y, size)),
-           Contender(f"micrograd, {BLOCK}-row passes, 1 thread", 1, micrograd_passes(X, y, size, 1)),
-           Contender(f"micrograd, {BLOCK}-row passes, {CPUS} threads", 1, micrograd_passes(X, y, size, CPUS))]
+           Contender(f"micrograd, 1 thread, {BLOCK}-row passes", 1, micrograd_passes(X, y, size, 1)),
+           Contender(f"micrograd, {CPUS} threads, {THREAD_BLOCK}-row passes", 1, micrograd_passes(X, y, size, CPUS))]
     for kind in (torch_contenders, jax_contenders, tensorflow_contenders):
         library = kind.__name__.removesuffix("_contenders")
         if only and not any(s.lower() in library for s in only):

@@ -8,6 +8,7 @@ placeholders, then call `out.forward(X=..., y=...)` and `out.backward()` every b
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
@@ -189,12 +190,14 @@ class Value:
         dtype = np.int64 if self.kind == "i" else DTYPE
         self.data = arr if arr.dtype == dtype else arr.astype(dtype)
 
-    def backward(self) -> None:
-        """Gradients of this node's data (of its sum, if not scalar) for every node that needs one."""
+    def backward(self, seed: float = 1.0, accumulate: bool = False) -> None:
+        """Gradients of this node's data (of its sum, if not scalar) times `seed` for every node
+        that needs one. With `accumulate`, they are added into the parameters' gradients (zero
+        those first) instead of overwriting them: a sum over passes needs no copies."""
         order = self.topo()
         for v in order:  # per graph, not a global count: graphs in other threads run their own passes
-            v._fresh = False
-        self.add_grad(np.ones_like(self.data))
+            v._fresh = accumulate and not (v.parents or v.op)
+        self.add_grad(np.full_like(self.data, seed))
         for v in reversed(order):
             if v._backward is not None and v.requires_grad and v._fresh:
                 v._backward()
@@ -341,18 +344,22 @@ class Value:
     def __rmatmul__(self, other) -> Value:
         return lift(other) @ self
 
-    def affine(self, weight: Value, bias: Value) -> Value:
-        """self @ weight + bias in one op (a linear layer): x (..., i), weight (i, o), bias (o,)."""
+    def affine(self, weight: Value, bias: Value, activation: str | None = None) -> Value:
+        """self @ weight + bias in one op (a linear layer): x (..., i), weight (i, o), bias (o,);
+        with `activation` ("tanh", "relu" or "sigmoid") applied in place, one array for both."""
+        if activation is not None and activation not in ACTIVATIONS:
+            raise ValueError(f"affine: activation must be None or one of {sorted(ACTIVATIONS)}, got {activation!r}")
         x, W, b = self, weight, bias
-        out = Value.node("affine", x, W, b)
+        act = ACTIVATIONS.get(activation)
+        out = Value.node("affine" if act is None else f"affine_{activation}", x, W, b)
 
         def affine_forward():
             y = np.matmul(x.data, W.data, out=out.buffer(x.data.shape[:-1] + W.data.shape[-1:]))
             y += b.data
-            out.data = y
+            out.data = y if act is None else act.apply(y, y)
 
         def affine_backward():
-            g = out.grad
+            g = out.grad if act is None else act.slope(out.data, out.grad, out.scratch(4, out.data.shape))
             rows = g.reshape(-1, g.shape[-1])
             if x.requires_grad:  # BLAS multiplies by a contiguous copy of W.T faster than by the view
                 Wt = out.scratch(3, W.data.shape[::-1])
@@ -525,43 +532,25 @@ class Value:
     # ---- elementwise unary ops ----
 
     def relu(self) -> Value:
-        a = self
-        out = Value.node("relu", a)
-
-        def relu_forward():
-            out.data = np.maximum(a.data, 0, out=out.buffer(a.data.shape))
-
-        def relu_backward():
-            a.add_grad(out.grad * (a.data > 0))
-        return out.define(relu_forward, relu_backward)
+        return self._activation("relu")
 
     def tanh(self) -> Value:
-        a = self
-        out = Value.node("tanh", a)
-
-        def tanh_forward():
-            out.data = np.tanh(a.data, out=out.buffer(a.data.shape))
-
-        def tanh_backward():  # (1 - tanh^2) * grad
-            g = np.multiply(out.data, out.data, out=out.scratch(0, out.data.shape))
-            np.subtract(1, g, out=g)
-            a.add_grad(np.multiply(g, out.grad, out=g))
-        return out.define(tanh_forward, tanh_backward)
+        return self._activation("tanh")
 
     def sigmoid(self) -> Value:
-        a = self
-        out = Value.node("sigmoid", a)
+        return self._activation("sigmoid")
 
-        def sigmoid_forward():  # 1/(1+e^-x) = (1+tanh(x/2))/2: no overflow for large |x|
-            s = np.multiply(a.data, 0.5, out=out.buffer(a.data.shape))
-            np.tanh(s, out=s)
-            s += 1
-            s *= 0.5
-            out.data = s
+    def _activation(self, name: str) -> Value:
+        """An elementwise op whose gradient follows from its output (ACTIVATIONS)."""
+        a, act = self, ACTIVATIONS[name]
+        out = Value.node(name, a)
 
-        def sigmoid_backward():
-            a.add_grad(out.grad * out.data * (1 - out.data))
-        return out.define(sigmoid_forward, sigmoid_backward)
+        def activation_forward():
+            out.data = act.apply(a.data, out.buffer(a.data.shape))
+
+        def activation_backward():
+            a.add_grad(act.slope(out.data, out.grad, out.scratch(0, out.data.shape)))
+        return out.define(activation_forward, activation_backward)
 
     def softplus(self) -> Value:
         a = self
@@ -661,6 +650,52 @@ class Value:
         def arcsin_backward():
             a.add_grad(out.grad / np.sqrt(1 - a.data * a.data))
         return out.define(arcsin_forward, arcsin_backward)
+
+
+@dataclass(frozen=True)
+class Activation:
+    """An elementwise function whose derivative is a function of its output, so that it can
+    overwrite its input (as the fused affine op does): apply(x, out) writes f(x) into out and
+    returns it (out may be x); slope(y, g, out) writes g * f'(x) for y = f(x) into out."""
+    apply: Callable[[np.ndarray, np.ndarray], np.ndarray]
+    slope: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+
+
+def tanh_apply(x: np.ndarray, out: np.ndarray) -> np.ndarray:
+    return np.tanh(x, out=out)
+
+
+def tanh_slope(y: np.ndarray, g: np.ndarray, out: np.ndarray) -> np.ndarray:  # (1 - y^2) g
+    np.multiply(y, y, out=out)
+    np.subtract(1, out, out=out)
+    return np.multiply(out, g, out=out)
+
+
+def relu_apply(x: np.ndarray, out: np.ndarray) -> np.ndarray:
+    return np.maximum(x, 0, out=out)
+
+
+def relu_slope(y: np.ndarray, g: np.ndarray, out: np.ndarray) -> np.ndarray:  # g where y > 0: sign(y) is 1 there, else 0
+    np.sign(y, out=out)
+    return np.multiply(out, g, out=out)
+
+
+def sigmoid_apply(x: np.ndarray, out: np.ndarray) -> np.ndarray:  # 1/(1+e^-x) = (1+tanh(x/2))/2: no overflow for large |x|
+    np.multiply(x, 0.5, out=out)
+    np.tanh(out, out=out)
+    out += 1
+    out *= 0.5
+    return out
+
+
+def sigmoid_slope(y: np.ndarray, g: np.ndarray, out: np.ndarray) -> np.ndarray:  # y (1 - y) g
+    np.subtract(1, y, out=out)
+    out *= y
+    return np.multiply(out, g, out=out)
+
+
+ACTIVATIONS = {"tanh": Activation(tanh_apply, tanh_slope), "relu": Activation(relu_apply, relu_slope),
+               "sigmoid": Activation(sigmoid_apply, sigmoid_slope)}
 
 
 def stable_logsumexp(x: np.ndarray, axis: int | None = None, keepdims: bool = False) -> np.ndarray:

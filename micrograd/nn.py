@@ -24,8 +24,12 @@ class Linear(Module):
         self.W = Value(rng.uniform(-bound, bound, (nin, nout)), name="W")
         self.b = Value(rng.uniform(-bound, bound, nout), name="b") if bias else None
 
-    def __call__(self, x: Value) -> Value:
-        return x @ self.W if self.b is None else x.affine(self.W, self.b)
+    def __call__(self, x: Value, activation: str | None = None) -> Value:
+        """The layer's output, with `activation` (one of engine.ACTIVATIONS) fused into it."""
+        if self.b is not None:
+            return x.affine(self.W, self.b, activation)
+        y = x @ self.W
+        return y if activation is None else getattr(y, activation)()
 
     def parameters(self) -> list[Value]:
         return [self.W] if self.b is None else [self.W, self.b]
@@ -46,7 +50,8 @@ class Embedding(Module):
 
 
 class MLP(Module):
-    """Linear layers with an activation between them (none after the last)."""
+    """Linear layers with an activation between them (none after the last); tanh, relu and
+    sigmoid are applied inside the layer's affine op, in place."""
 
     def __init__(self, nin: int, hidden: Sequence[int], nout: int, activation: str = "tanh", seed: int = 0):
         if activation not in ACTIVATIONS:
@@ -57,8 +62,9 @@ class MLP(Module):
         self.activation = activation
 
     def __call__(self, x: Value) -> Value:
+        fused = self.activation in engine.ACTIVATIONS
         for layer in self.layers[:-1]:
-            x = getattr(layer(x), self.activation)()
+            x = layer(x, self.activation) if fused else getattr(layer(x), self.activation)()
         return self.layers[-1](x)
 
     def parameters(self) -> list[Value]:

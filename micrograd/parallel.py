@@ -14,7 +14,8 @@ import numpy as np
 
 from micrograd.nn import flatten
 
-BLOCK = 512  # rows per forward/backward pass: the activations stay in cache (65,536 rows: 66 ms in one pass, 52 ms in 512s)
+BLOCK = 512  # rows per forward/backward pass on one thread: the activations stay in cache (65,536 rows: 66 ms in one pass, 52 ms in 512s)
+THREAD_BLOCK = 2048  # rows per pass on several threads: fewer, longer NumPy calls hand the GIL over less often
 
 
 def set_blas_threads(cpus: int, threads: int = 1) -> int:
@@ -31,43 +32,45 @@ class Replica:
 
     def __init__(self, model: Any, grads: np.ndarray):
         self.model, self.grads = model, grads
-        self.total, self.scaled = np.zeros_like(grads), np.empty_like(grads)
         self.fed: dict[str, np.ndarray] = {}  # rows gathered for a pass, reused across passes
 
     def gather(self, feeds: dict[str, np.ndarray], rows: np.ndarray) -> dict[str, np.ndarray]:
-        """Rows `rows` of every feed, copied into this replica's buffers (no allocation per pass)."""
+        """Rows `rows` (checked in range by the caller) of every feed, copied into this replica's
+        buffers (no allocation per pass)."""
         fed = {}
         for name, a in feeds.items():
             buf = self.fed.get(name)
             if buf is None or len(buf) < len(rows) or buf.shape[1:] != a.shape[1:] or buf.dtype != a.dtype:
                 buf = self.fed[name] = np.empty((len(rows),) + a.shape[1:], a.dtype)
-            fed[name] = np.take(a, rows, axis=0, out=buf[:len(rows)])
+            fed[name] = np.take(a, rows, axis=0, out=buf[:len(rows)], mode="clip")  # "raise" copies through a buffer
         return fed
 
     def run(self, feeds: dict[str, np.ndarray], rows: np.ndarray | None, passes: range, block: int) -> float:
-        """Sum into `total` (zeroed first) the gradient over the passes `passes` (block numbers);
+        """Sum into `grads` (zeroed first) the gradient over the passes `passes` (block numbers);
         returns their loss sum."""
         n = len(next(iter(feeds.values()))) if rows is None else len(rows)
-        self.total[:], loss = 0, 0.0
+        self.grads[:], loss = 0, 0.0
         for i in passes:
             lo, hi = i * block, min(n, (i + 1) * block)
             fed = {name: a[lo:hi] for name, a in feeds.items()} if rows is None else self.gather(feeds, rows[lo:hi])
             loss += float(self.model.loss.forward(**fed)) * (hi - lo)
-            self.model.loss.backward()
-            self.total += np.multiply(self.grads, np.float32(hi - lo), out=self.scaled)
+            self.model.loss.backward(seed=hi - lo, accumulate=True)  # the mean's gradient times the rows
         return loss
 
 
 class GradSum:
-    """The summed gradient of `model.loss` over fed rows, `block` rows per pass, on `threads`
-    threads; `build()` makes the model (once per thread), and `params` is the flat weight vector
-    that every thread's copy reads (write new weights into it).
+    """The summed gradient of `model.loss` over fed rows, at most `block` rows per pass (BLOCK on
+    one thread, THREAD_BLOCK on several), on `threads` threads; `build()` makes the model (once per
+    thread), and `params` is the flat weight vector that every thread's copy reads (write new
+    weights into it).
 
-    Thread t takes passes t, t + threads, ... and sums them in order; the threads' sums are then
-    added in thread order, so a given number of threads always gives the same bits. With several
-    threads, let BLAS run one thread each (set_blas_threads)."""
+    Passes are made smaller when there are too few to give every thread one. Thread t takes passes
+    t, t + threads, ... and sums them in order; the threads' sums are then added in thread order,
+    so a given number of threads and of rows always gives the same bits. With several threads, let
+    BLAS run one thread each (set_blas_threads)."""
 
-    def __init__(self, build: Callable[[], Any], block: int = BLOCK, threads: int = 1):
+    def __init__(self, build: Callable[[], Any], block: int | None = None, threads: int = 1):
+        block = (BLOCK if threads == 1 else THREAD_BLOCK) if block is None else block
         if block < 1 or threads < 1:
             raise ValueError(f"GradSum: need block >= 1 and threads >= 1, got block={block}, threads={threads}")
         self.block, self.threads = block, threads
@@ -77,7 +80,7 @@ class GradSum:
         for _ in range(threads - 1):
             model = build()
             self.replicas.append(Replica(model, flatten(model.parameters(), self.params)[1]))
-        self.total = self.replicas[0].total if threads == 1 else np.zeros_like(grads)
+        self.total = grads if threads == 1 else np.zeros_like(grads)
         self.pool = ThreadPoolExecutor(threads - 1, thread_name_prefix="gradsum") if threads > 1 else None
 
     def __call__(self, feeds: dict[str, np.ndarray], rows: np.ndarray | None = None) -> tuple[np.ndarray, float]:
@@ -85,13 +88,18 @@ class GradSum:
         pass's rows are gathered just before it runs. The gradient is this object's buffer,
         overwritten by the next call."""
         n = len(next(iter(feeds.values()))) if rows is None else len(rows)
-        passes, T = -(-n // self.block), self.threads
+        if rows is not None and n and (rows.min() < 0 or rows.max() >= len(next(iter(feeds.values())))):
+            bad = rows.min() if rows.min() < 0 else rows.max()
+            raise IndexError(f"GradSum: row {bad} is out of range for feeds of {len(next(iter(feeds.values())))} rows")
+        T = self.threads
+        block = max(1, min(self.block, -(-n // T)))
+        passes = -(-n // block)
         if T == 1:
-            return self.total, self.replicas[0].run(feeds, rows, range(passes), self.block)
-        done = [self.pool.submit(r.run, feeds, rows, range(t, passes, T), self.block)
+            return self.total, self.replicas[0].run(feeds, rows, range(passes), block)
+        done = [self.pool.submit(r.run, feeds, rows, range(t, passes, T), block)
                 for t, r in enumerate(self.replicas[1:], start=1)]
-        losses = [self.replicas[0].run(feeds, rows, range(0, passes, T), self.block)] + [f.result() for f in done]
-        np.copyto(self.total, self.replicas[0].total)
+        losses = [self.replicas[0].run(feeds, rows, range(0, passes, T), block)] + [f.result() for f in done]
+        np.copyto(self.total, self.replicas[0].grads)
         for r in self.replicas[1:]:
-            self.total += r.total
+            self.total += r.grads
         return self.total, sum(losses)

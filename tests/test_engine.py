@@ -297,6 +297,15 @@ CASES = {
     "affine 1d": Case(Value.affine, ((3,), (3, 4), (4,)), lambda x, w, b: x @ w + b),
     "affine constant input": Case(lambda w, b: Value(np.eye(3)[:2], requires_grad=False).affine(w, b),
                                   ((3, 4), (4,)), lambda w, b: np.eye(3)[:2] @ w + b),
+    "affine tanh": Case(lambda x, w, b: x.affine(w, b, "tanh"), ((5, 3), (3, 4), (4,)), lambda x, w, b: np.tanh(x @ w + b)),
+    "affine tanh batched": Case(lambda x, w, b: x.affine(w, b, "tanh"), ((2, 5, 3), (3, 4), (4,)),
+                                lambda x, w, b: np.tanh(x @ w + b)),
+    "affine relu": Case(lambda x, w, b: x.affine(w, b, "relu"), ((6, 3), (3, 4), (4,)),
+                        lambda x, w, b: np.maximum(x @ w + b, 0)),
+    "affine relu 1d": Case(lambda x, w, b: x.affine(w, b, "relu"), ((3,), (3, 5), (5,)),
+                           lambda x, w, b: np.maximum(x @ w + b, 0)),
+    "affine sigmoid": Case(lambda x, w, b: x.affine(w, b, "sigmoid"), ((5, 3), (3, 4), (4,)),
+                           lambda x, w, b: 1 / (1 + np.exp(-(x @ w + b)))),
 }
 
 
@@ -568,6 +577,31 @@ def test_parameter_grad_is_written_in_place():
     loss.backward()
     assert np.shares_memory(W.grad, flat) and np.any(flat[1:7] != 0)
     assert flat[0] == flat[7] == 0
+
+
+def test_fused_affine_activation_has_both_ops_gradients_and_refuses_other_names():
+    x, W, b = leaves(ANY, (4, 3), (3, 5), (5,), seed=3)
+    for name in ("tanh", "relu", "sigmoid"):
+        fused = x.affine(W, b, name)
+        separate = getattr(x.affine(W, b), name)()
+        assert fused.op == f"affine_{name}"
+        np.testing.assert_allclose(fused.data, separate.data, rtol=1e-6)
+    with pytest.raises(ValueError, match="affine: activation must be None or one of .*'softplus'"):
+        x.affine(W, b, "softplus")
+
+
+def test_backward_seed_scales_and_accumulate_adds_into_parameters():
+    _, loss, _, W = small_graph()
+    feed = {"X": np.eye(3), "y": np.arange(3.0)}
+    loss.forward(**feed)
+    loss.backward()
+    once = W.grad.copy()
+    loss.backward(seed=4.0)
+    np.testing.assert_allclose(W.grad, 4 * once, rtol=1e-6)  # overwritten, not added: 4x, not 5x
+    W.grad[:] = 1.0
+    for _ in range(3):
+        loss.backward(seed=2.0, accumulate=True)
+    np.testing.assert_allclose(W.grad, 1.0 + 6 * once, rtol=1e-6)
 
 
 # ---- stability, and integer inputs ----

@@ -77,16 +77,35 @@ def test_threads_give_one_threads_sum_and_the_same_bits_every_time(threads):
 
 
 def test_single_thread_sums_pass_by_pass_in_order():
-    """threads=1 adds each pass's mean gradient times its rows, in order (what workers rely on)."""
+    """threads=1 adds each pass's gradient of its rows' loss sum, in order (what workers rely on)."""
     feeds = quantile_data(250)
     model = Quantile()
     _, grads = flatten(model.parameters())
     want = np.zeros_like(grads)
     for lo in range(0, 250, 100):
         model.loss.forward(**{k: a[lo:lo + 100] for k, a in feeds.items()})
-        model.loss.backward()
-        want += grads * np.float32(min(100, 250 - lo))
+        model.loss.backward(seed=min(100, 250 - lo))
+        want += grads
     np.testing.assert_array_equal(GradSum(Quantile, block=100)(feeds)[0], want)
+
+
+def test_threads_get_smaller_passes_when_the_rows_are_few():
+    """Default passes on several threads are long (THREAD_BLOCK rows), but 300 rows still go to
+    both threads: each replica sums a part, and together they are the whole batch."""
+    feeds = quantile_data(300)
+    want, _ = whole_batch(Quantile(), feeds)
+    gs = GradSum(Quantile, threads=2)
+    grad, _ = gs(feeds)
+    assert all(np.abs(r.grads).max() > 0 for r in gs.replicas)
+    np.testing.assert_allclose(grad, want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
+
+
+def test_rows_out_of_range_are_refused_by_index():
+    feeds = quantile_data(50)
+    with pytest.raises(IndexError, match="GradSum: row 50 is out of range for feeds of 50 rows"):
+        GradSum(Quantile, block=16)(feeds, np.array([3, 50, 7]))
+    with pytest.raises(IndexError, match="row -1 is out"):
+        GradSum(Quantile, block=16, threads=2)(feeds, np.array([-1, 2]))
 
 
 def test_every_thread_reads_the_weights_written_into_params():
