@@ -304,6 +304,12 @@ CASES = {
                         lambda x, w, b: np.maximum(x @ w + b, 0)),
     "affine relu 1d": Case(lambda x, w, b: x.affine(w, b, "relu"), ((3,), (3, 5), (5,)),
                            lambda x, w, b: np.maximum(x @ w + b, 0)),
+    "affine tanh, then matmul (its gradient given)": Case(lambda x, w, b, v: x.affine(w, b, "tanh") @ v,
+                                                          ((5, 3), (3, 4), (4,), (4, 2)),
+                                                          lambda x, w, b, v: np.tanh(x @ w + b) @ v),
+    "affine relu twice, one gradient shared": Case(lambda x, w, b, u: x.affine(w, b, "relu") + x.affine(u, b, "tanh"),
+                                                   ((5, 3), (3, 4), (4,), (3, 4)),
+                                                   lambda x, w, b, u: np.maximum(x @ w + b, 0) + np.tanh(x @ u + b)),
     "affine sigmoid": Case(lambda x, w, b: x.affine(w, b, "sigmoid"), ((5, 3), (3, 4), (4,)),
                            lambda x, w, b: 1 / (1 + np.exp(-(x @ w + b)))),
 }
