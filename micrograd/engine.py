@@ -52,7 +52,7 @@ class Value:
     """A node of a graph: an array (`data`), its gradient (`grad`) and how both are computed."""
 
     __slots__ = ("data", "grad", "parents", "op", "name", "spec", "kind", "requires_grad",
-                 "_forward", "_backward", "_order", "_feeds", "_fresh", "_grad_owned", "_scratch")
+                 "_forward", "_backward", "_order", "_feeds", "_fresh", "_keep", "_grad_owned", "_scratch")
     __array_ufunc__ = None  # make `ndarray + Value` call Value.__radd__
 
     def __init__(self, data=None, requires_grad: bool = True, name: str = "", op: str = ""):
@@ -63,7 +63,7 @@ class Value:
         self.op, self.name, self.spec, self.kind = op, name, None, "f"
         self._forward = self._backward = None
         self._order = self._feeds = None
-        self._fresh, self._grad_owned, self._scratch = False, False, {}
+        self._fresh, self._keep, self._grad_owned, self._scratch = False, True, False, {}
 
     @classmethod
     def placeholder(cls, name: str, shape: Sequence[int | None], integer: bool = False) -> Value:
@@ -190,13 +190,15 @@ class Value:
         dtype = np.int64 if self.kind == "i" else DTYPE
         self.data = arr if arr.dtype == dtype else arr.astype(dtype)
 
-    def backward(self, seed: float = 1.0, accumulate: bool = False) -> None:
+    def backward(self, seed: float = 1.0, accumulate: bool = False, keep_data: bool = True) -> None:
         """Gradients of this node's data (of its sum, if not scalar) times `seed` for every node
         that needs one. With `accumulate`, they are added into the parameters' gradients (zero
-        those first) instead of overwriting them: a sum over passes needs no copies."""
+        those first) instead of overwriting them: a sum over passes needs no copies. Without
+        `keep_data`, an op may overwrite its own data once its backward has run (the fused affine
+        turns its activation into the activation's slope there): for passes whose data no one reads."""
         order = self.topo()
         for v in order:  # per graph, not a global count: graphs in other threads run their own passes
-            v._fresh = accumulate and not (v.parents or v.op)
+            v._fresh, v._keep = accumulate and not (v.parents or v.op), keep_data
         self.add_grad(np.full_like(self.data, seed))
         for v in reversed(order):
             if v._backward is not None and v.requires_grad and v._fresh:
@@ -359,7 +361,9 @@ class Value:
             out.data = y if act is None else act.apply(y, y)
 
         def affine_backward():
-            g = out.grad if act is None else act.slope(out.data, out.grad, out.scratch(4, out.data.shape))
+            g = out.grad  # the activation's slope: into this op's data when no one reads it again
+            if act is not None:
+                g = act.slope(out.data, g, out.scratch(4, g.shape) if out._keep else out.data)
             rows = g.reshape(-1, g.shape[-1])
             if x.requires_grad:  # BLAS multiplies by a contiguous copy of W.T faster than by the view
                 Wt = out.scratch(3, W.data.shape[::-1])

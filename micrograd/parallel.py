@@ -54,7 +54,7 @@ class Replica:
             lo, hi = i * block, min(n, (i + 1) * block)
             fed = {name: a[lo:hi] for name, a in feeds.items()} if rows is None else self.gather(feeds, rows[lo:hi])
             loss += float(self.model.loss.forward(**fed)) * (hi - lo)
-            self.model.loss.backward(seed=hi - lo, accumulate=True)  # the mean's gradient times the rows
+            self.model.loss.backward(seed=hi - lo, accumulate=True, keep_data=False)  # the mean's gradient times the rows
         return loss
 
 

@@ -596,6 +596,21 @@ def test_fused_affine_activation_has_both_ops_gradients_and_refuses_other_names(
         x.affine(W, b, "softplus")
 
 
+def test_backward_keeps_the_fused_activation_unless_told_not_to():
+    """keep_data=False gives the same gradients; only then may the fused op reuse its data array."""
+    x, W, b, V = leaves(ANY, (6, 3), (3, 4), (4,), (4, 2), seed=4)
+    h = x.affine(W, b, "tanh")
+    loss = (h @ V).sum()
+    activation = h.data.copy()
+    loss.backward()
+    np.testing.assert_array_equal(h.data, activation)
+    kept = [v.grad.copy() for v in (x, W, b, V)]
+    loss.backward(keep_data=False)
+    for v, want in zip((x, W, b, V), kept):
+        np.testing.assert_array_equal(v.grad, want)
+    assert not np.array_equal(h.data, activation)  # now the slope 1 - tanh^2 times the gradient
+
+
 def test_backward_seed_scales_and_accumulate_adds_into_parameters():
     _, loss, _, W = small_graph()
     feed = {"X": np.eye(3), "y": np.arange(3.0)}
