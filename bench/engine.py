@@ -264,7 +264,7 @@ def contenders(X, y, size, only: list[str]) -> list[Contender]:
            Contender("NumPy loop (1 BLAS thread)", 1, numpy_loop(X, y, size)),
            Contender("micrograd, whole batch", CPUS, micrograd_full(X, y, size)),
            Contender(f"micrograd, 1 thread, {BLOCK}-row passes", 1, micrograd_passes(X, y, size, 1)),
-           Contender(f"micrograd, {CPUS} threads, {THREAD_BLOCK}-row passes", 1, micrograd_passes(X, y, size, CPUS))]
+           Contender(f"micrograd, {CPUS} threads, {THREAD_BLOCK}-row passes or less", 1, micrograd_passes(X, y, size, CPUS))]
     for kind in (torch_contenders, jax_contenders, tensorflow_contenders):
         library = kind.__name__.removesuffix("_contenders")
         if only and not any(s.lower() in library for s in only):
