@@ -349,10 +349,10 @@ class Value:
     def affine(self, weight: Value, bias: Value, activation: str | None = None) -> Value:
         """self @ weight + bias in one op (a linear layer): x (..., i), weight (i, o), bias (o,);
         with `activation` ("tanh", "relu" or "sigmoid") applied in place, one array for both."""
-        if activation is not None and activation not in ACTIVATIONS:
-            raise ValueError(f"affine: activation must be None or one of {sorted(ACTIVATIONS)}, got {activation!r}")
+        if activation is not None and activation not in FUSABLE:
+            raise ValueError(f"affine: activation must be None or one of {sorted(FUSABLE)}, got {activation!r}")
         x, W, b = self, weight, bias
-        act = ACTIVATIONS.get(activation)
+        act = FUSABLE.get(activation)
         out = Value.node("affine" if act is None else f"affine_{activation}", x, W, b)
 
         def affine_forward():
@@ -545,8 +545,8 @@ class Value:
         return self._activation("sigmoid")
 
     def _activation(self, name: str) -> Value:
-        """An elementwise op whose gradient follows from its output (ACTIVATIONS)."""
-        a, act = self, ACTIVATIONS[name]
+        """An elementwise op whose gradient follows from its output (FUSABLE)."""
+        a, act = self, FUSABLE[name]
         out = Value.node(name, a)
 
         def activation_forward():
@@ -698,7 +698,7 @@ def sigmoid_slope(y: np.ndarray, g: np.ndarray, out: np.ndarray) -> np.ndarray: 
     return np.multiply(out, g, out=out)
 
 
-ACTIVATIONS = {"tanh": Activation(tanh_apply, tanh_slope), "relu": Activation(relu_apply, relu_slope),
+FUSABLE = {"tanh": Activation(tanh_apply, tanh_slope), "relu": Activation(relu_apply, relu_slope),
                "sigmoid": Activation(sigmoid_apply, sigmoid_slope)}
 
 

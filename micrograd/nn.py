@@ -25,7 +25,7 @@ class Linear(Module):
         self.b = Value(rng.uniform(-bound, bound, nout), name="b") if bias else None
 
     def __call__(self, x: Value, activation: str | None = None) -> Value:
-        """The layer's output, with `activation` (one of engine.ACTIVATIONS) fused into it."""
+        """The layer's output, with `activation` (one of engine.FUSABLE) fused into it."""
         if self.b is not None:
             return x.affine(self.W, self.b, activation)
         y = x @ self.W
@@ -62,7 +62,7 @@ class MLP(Module):
         self.activation = activation
 
     def __call__(self, x: Value) -> Value:
-        fused = self.activation in engine.ACTIVATIONS
+        fused = self.activation in engine.FUSABLE
         for layer in self.layers[:-1]:
             x = layer(x, self.activation) if fused else getattr(layer(x), self.activation)()
         return self.layers[-1](x)

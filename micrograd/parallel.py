@@ -67,7 +67,8 @@ class GradSum:
     Passes are made smaller when there are too few to give every thread one. Thread t takes passes
     t, t + threads, ... and sums them in order; the threads' sums are then added in thread order,
     so a given number of threads and of rows always gives the same bits. With several threads, let
-    BLAS run one thread each (set_blas_threads)."""
+    BLAS run one thread each (set_blas_threads). The passes run backward(keep_data=False): after
+    a call, the replicas' intermediate arrays no longer hold the forward's values."""
 
     def __init__(self, build: Callable[[], Any], block: int | None = None, threads: int = 1):
         block = (BLOCK if threads == 1 else THREAD_BLOCK) if block is None else block
