@@ -138,7 +138,8 @@ class Worker:
         """(gradient sum, rows, loss sum, seconds computing) over this worker's `batch` rows of global `step`."""
         t = time.perf_counter()
         rows = self._rows(step, batch, steps_per_epoch)
-        np.copyto(self.grads.params, weights)
+        if weights is not self.grads.params:  # serve() reads each step's weights into params itself
+            np.copyto(self.grads.params, weights)
         grad, loss = self._grad_sum(rows)
         return grad, len(rows), loss, time.perf_counter() - t
 
@@ -149,7 +150,7 @@ class Worker:
         numbers and its slice of the gradient, until a shard closes its link or sends nothing for
         --step-timeout. A gradient with a non-finite value anywhere goes with a NaN loss to every
         shard, so that all of them skip (or stop at) the same step."""
-        weights = np.empty_like(self.grads.params)
+        weights = self.grads.params  # each step's weights are read straight into the replicas' vector
         ranges = shard_ranges(weights.size, len(addresses))
         with contextlib.ExitStack() as links:
             socks = [links.enter_context(link.connect(host, port, secret, index, timeout=self.config.step_timeout))
