@@ -699,7 +699,7 @@ def sigmoid_slope(y: np.ndarray, g: np.ndarray, out: np.ndarray) -> np.ndarray: 
 
 
 FUSABLE = {"tanh": Activation(tanh_apply, tanh_slope), "relu": Activation(relu_apply, relu_slope),
-               "sigmoid": Activation(sigmoid_apply, sigmoid_slope)}
+           "sigmoid": Activation(sigmoid_apply, sigmoid_slope)}  # what affine(..., activation) can apply in place
 
 
 def stable_logsumexp(x: np.ndarray, axis: int | None = None, keepdims: bool = False) -> np.ndarray:
