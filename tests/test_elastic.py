@@ -11,7 +11,7 @@ from ray._private.state import actors as actor_table
 from ray.cluster_utils import Cluster
 
 from mgdist import checkpoint
-from test_faults import Driver, dataset, job_args  # noqa: F401 - dataset is a fixture
+from test_faults import Driver, dataset, job_args, lose_node  # noqa: F401 - dataset is a fixture
 
 STEPS = 600
 NODE = dict(num_cpus=1, object_store_memory=100 * 2**20)
@@ -74,7 +74,7 @@ def test_a_node_lost_mid_run_with_two_server_shards_ends_with_the_uninterrupted_
         run.wait_until(lambda: run.step() >= 30, "step 30", timeout=180)
         busy = {a["Address"]["NodeID"] for a in actor_table().values()
                 if a["State"] == "ALIVE" and a["Name"].startswith("mgdist-worker-1-")}
-        cluster.remove_node(next(n for n in nodes if n.node_id in busy), allow_graceful=False)  # worker 1's
+        lose_node(cluster, next(n for n in nodes if n.node_id in busy))  # worker 1's
         assert run.finish() == 0, run.log
     finally:
         ray.shutdown()
