@@ -2,7 +2,10 @@
 elastic run (--workers MIN:MAX) starts with the workers the cluster holds and grows at the
 next epoch boundary when a node joins, its data order that of a fixed run with the same
 sequence of worker counts; a node lost mid-run costs no step and applies none twice."""
+import contextlib
+import os
 import re
+import signal
 
 import numpy as np
 import pytest
@@ -11,7 +14,7 @@ from ray._private.state import actors as actor_table
 from ray.cluster_utils import Cluster
 
 from mgdist import checkpoint
-from test_faults import Driver, dataset, job_args, lose_node  # noqa: F401 - dataset is a fixture
+from test_faults import Driver, dataset, job_args  # noqa: F401 - dataset is a fixture
 
 STEPS = 600
 NODE = dict(num_cpus=1, object_store_memory=100 * 2**20)
@@ -60,6 +63,44 @@ def test_an_elastic_run_starts_with_what_the_cluster_holds(cluster, dataset, tmp
                                     "--workers", "1:4"))
     assert run.finish() == 0, run.log
     assert run.summary["workers"] == 1 and "grew" not in run.log
+
+
+def lose_node(cluster: Cluster, node) -> None:
+    """A whole node lost: the processes of its actors killed at once, as when a machine vanishes
+    (Ray alone takes ~2 s to declare the node dead, and a worker serving till then could finish a
+    short run), and the node removed. Needs this process connected to the cluster (ray.init), so
+    not in a module whose tests share an in-process Ray."""
+    pids = [a["Pid"] for a in actor_table().values() if a["State"] == "ALIVE" and a["Address"]["NodeID"] == node.node_id]
+    cluster.remove_node(node, allow_graceful=False)
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_nodes_removed_mid_run_are_replaced_or_the_shards_replanned(cluster, dataset, tmp_path):
+    """A node lost while a new one comes up within --placement-timeout: its worker is replaced on the
+    same shard. A node lost for good: the shards are re-planned over the workers left."""
+    steps = 1500
+    nodes = [cluster.add_node(**NODE) for _ in range(3)]
+    ray.init(address=cluster.address)
+    try:
+        run = Driver(tmp_path, job_args(dataset, tmp_path / "ckpt", "--address", cluster.address, "--workers", "3",
+                                        "--placement-timeout", "12", "--steps", str(steps)))
+        run.wait_until(lambda: run.step() >= 30, "step 30", timeout=180)
+        lose_node(cluster, nodes[0])
+        cluster.add_node(**NODE)
+        run.wait_until(lambda: "on their shards" in run.log or "re-planned" in run.log, "recovery", timeout=120)
+        run.wait_until(lambda: run.step() >= 150, "step 150", timeout=120)
+        lose_node(cluster, nodes[1])
+        assert run.finish() == 0, run.log
+    finally:
+        ray.shutdown()
+    lines = [line for line in run.log.splitlines() if "on their shards" in line or "re-planned" in line]
+    assert len(lines) == 2 and lines[0].startswith("replaced worker(s) [") and lines[0].endswith("] on their shards")
+    assert lines[1].endswith("could not be replaced; shards re-planned over 2 workers"), run.log
+    assert run.summary["workers"] == 2 and run.summary["failures_survived"] == 2
+    _, manifest = checkpoint.load(str(tmp_path / "ckpt"), steps)
+    assert manifest["data_order"]["workers"] == 2
 
 
 def test_a_node_lost_mid_run_with_two_server_shards_ends_with_the_uninterrupted_runs_weights(cluster, dataset, tmp_path):

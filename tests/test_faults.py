@@ -22,7 +22,6 @@ import pyarrow.parquet as pq
 import pytest
 import ray
 from ray._private.state import actors as actor_table  # every actor of the cluster, with its pid
-from ray.cluster_utils import Cluster
 
 from mgdist import checkpoint, data
 from mgdist.workloads import synthetic
@@ -418,48 +417,6 @@ def test_nonfinite_steps_are_skipped_by_every_server_shard(ray_address, poisoned
     assert int(arrays["opt.steps"]) == STEPS - len(bad_steps)
     log = arrays["steplog"]
     assert log["step"].tolist() == list(range(STEPS)) and log["step"][~log["applied"]].tolist() == bad_steps
-
-
-def lose_node(cluster: Cluster, node) -> None:
-    """A whole node lost: the processes of its actors killed at once, as when a machine vanishes
-    (Ray alone takes ~2 s to declare the node dead, and a worker serving till then could finish a
-    short run), and the node removed. Needs this process connected to the cluster (ray.init)."""
-    pids = [a["Pid"] for a in actor_table().values() if a["State"] == "ALIVE" and a["Address"]["NodeID"] == node.node_id]
-    cluster.remove_node(node, allow_graceful=False)
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-
-
-def test_nodes_removed_mid_run_are_replaced_or_the_shards_replanned(dataset, tmp_path):
-    """A node lost while a new one comes up within --placement-timeout: its worker is replaced on the
-    same shard. A node lost for good: the shards are re-planned over the workers left."""
-    cluster = Cluster(initialize_head=True, connect=False, head_node_args=dict(
-        num_cpus=0, include_dashboard=False, object_store_memory=100 * 2**20,
-        _system_config={"health_check_period_ms": 500, "health_check_failure_threshold": 4}))  # dead in ~2 s
-    node = dict(num_cpus=1, object_store_memory=100 * 2**20)
-    steps = 1500
-    try:
-        nodes = [cluster.add_node(**node) for _ in range(3)]
-        ray.init(address=cluster.address)
-        run = Driver(tmp_path, job_args(dataset, tmp_path / "ckpt", "--address", cluster.address, "--workers", "3",
-                                        "--placement-timeout", "12", "--steps", str(steps)))
-        run.wait_until(lambda: run.step() >= 30, "step 30", timeout=180)
-        lose_node(cluster, nodes[0])
-        cluster.add_node(**node)
-        run.wait_until(lambda: "on their shards" in run.log or "re-planned" in run.log, "recovery", timeout=120)
-        run.wait_until(lambda: run.step() >= 150, "step 150", timeout=120)
-        lose_node(cluster, nodes[1])
-        assert run.finish() == 0, run.log
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
-    lines = [line for line in run.log.splitlines() if "on their shards" in line or "re-planned" in line]
-    assert len(lines) == 2 and lines[0].startswith("replaced worker(s) [") and lines[0].endswith("] on their shards")
-    assert lines[1].endswith("could not be replaced; shards re-planned over 2 workers"), run.log
-    assert run.summary["workers"] == 2 and run.summary["failures_survived"] == 2
-    _, manifest = checkpoint.load(str(tmp_path / "ckpt"), steps)
-    assert manifest["data_order"]["workers"] == 2
 
 
 def test_s3_down_mid_run_with_checkpoints_on_s3_ends_as_the_uninterrupted_run(ray_address, dataset, reference,
