@@ -88,10 +88,12 @@ class GradSum:
         """(gradient sum, loss sum) over rows `rows` of every feed (all rows when None); each
         pass's rows are gathered just before it runs. The gradient is this object's buffer,
         overwritten by the next call."""
-        n = len(next(iter(feeds.values()))) if rows is None else len(rows)
-        if rows is not None and n and (rows.min() < 0 or rows.max() >= len(next(iter(feeds.values())))):
-            bad = rows.min() if rows.min() < 0 else rows.max()
-            raise IndexError(f"GradSum: row {bad} is out of range for feeds of {len(next(iter(feeds.values())))} rows")
+        available = len(next(iter(feeds.values())))
+        n = available if rows is None else len(rows)
+        if rows is not None and n:
+            low, high = rows.min(), rows.max()
+            if low < 0 or high >= available:
+                raise IndexError(f"GradSum: row {low if low < 0 else high} is out of range for feeds of {available} rows")
         T = self.threads
         block = max(1, min(self.block, -(-n // T)))
         passes = -(-n // block)
