@@ -54,7 +54,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--schedule", choices=["constant", "linear", "cosine"], default=d.schedule)
     p.add_argument("--warmup-steps", type=int, default=d.warmup_steps)
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay,
+                   help="L2 for sgd and adam, decoupled for adamw; every optimizer's default is 0")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="global rows per step")
     p.add_argument("--epochs", type=float, default=d.epochs)
     p.add_argument("--steps", type=int, help="number of steps (overrides --epochs)")

@@ -82,8 +82,7 @@ def make_optimizer(config: TrainConfig, size: int, total_steps: int) -> optim.Op
           "linear": lambda: optim.warmup_linear(config.lr, config.warmup_steps),
           "cosine": lambda: optim.warmup_cosine(config.lr, min(config.warmup_steps, total_steps - 1),
                                                 total_steps, 0.05 * config.lr)}[config.schedule]()
-    kw = {"weight_decay": config.weight_decay} if config.weight_decay else {}
-    return optim.make(config.optimizer, size, lr, **kw)
+    return optim.make(config.optimizer, size, lr, weight_decay=config.weight_decay)
 
 
 class ParameterServer:

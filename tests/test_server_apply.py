@@ -110,6 +110,7 @@ def test_cosine_warmup_is_cut_to_fit_a_short_run():
 @pytest.mark.parametrize("name, weight_decay, expected", [
     ("sgd", 0.0, 1 - 0.1 * 2),              # p -= lr * g
     ("sgd", 0.5, 1 - 0.1 * (2 + 0.5)),      # L2: g + wd * p
+    ("adamw", 0.0, 1 - 0.1),                # --weight-decay 0 means none, not adamw's own default of 0.01
     ("adamw", 0.5, 1 * (1 - 0.1 * 0.5) - 0.1),  # decoupled decay, then Adam's first step: lr * sign(g)
     ("adam", 0.5, 1 - 0.1),                 # L2 inside Adam: the first step is still lr * sign(g + wd * p)
 ])
