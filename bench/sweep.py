@@ -95,7 +95,8 @@ def last_step(metrics: str) -> int:
 
 def measure(path: str, workers: int, params: int, servers: int, steps: int) -> Point:
     """One run; its steady-state step time and the busiest process's bytes per step."""
-    metrics = tempfile.mktemp(suffix=".jsonl")
+    scratch = tempfile.TemporaryDirectory()
+    metrics = os.path.join(scratch.name, "metrics.jsonl")
     samples: list[tuple[float, dict]] = []
 
     def sample() -> None:  # twice in the steady state: at the log points of 25% and 75% of the steps
@@ -118,8 +119,8 @@ def measure(path: str, workers: int, params: int, servers: int, steps: int) -> P
     finally:
         done.set()
         sampler.join()
-    records = [json.loads(line) for line in open(metrics)]
-    os.unlink(metrics)
+    with scratch, open(metrics) as lines:
+        records = [json.loads(line) for line in lines]
     steady = [r for r in records if r["step"] >= 0.25 * steps]  # a log point every quarter: the driver
     # takes the whole state (parameters, optimiser) at each, so they are few
     step_s = (steady[-1]["elapsed_s"] - steady[0]["elapsed_s"]) / (steady[-1]["step"] - steady[0]["step"])
