@@ -11,7 +11,7 @@ import numpy as np
 import ray
 
 import mgdist
-from micrograd.parallel import GradSum, set_blas_threads
+from micrograd.parallel import FORKS, GradSum, ProcessGradSum, set_blas_threads
 from mgdist import link
 from mgdist.config import TrainConfig
 from mgdist.data import Dataset, load_shard
@@ -100,16 +100,20 @@ class Worker:
 
     def prepare(self, prep: Preprocessing) -> None:
         """Turn the raw shard into the model's inputs and target; build the model replica for them,
-        on one engine thread per CPU (each with 1 BLAS thread). The raw features and target of the
+        on one process per CPU (forked, on Linux; threads elsewhere), each with 1 BLAS thread. The raw features and target of the
         validation rows are kept, for the model's own metrics."""
         self.prep, shard = prep, self.shard
         self.val_raw = shard.X[self.val], shard.y[self.val]
         self.X = prep.inputs_of(shard.X, shard.categories)
         self.y = prep.target_in(shard.y)
         del self.shard
-        threads = max(1, int(self.config.cpus_per_worker))
-        set_blas_threads(threads, threads)
-        self.grads = GradSum(lambda: self.spec.build(self.X.shape[1]), threads=threads)
+        lanes = max(1, int(self.config.cpus_per_worker))
+        set_blas_threads(lanes, lanes)
+        build = lambda: self.spec.build(self.X.shape[1])  # noqa: E731
+        if isinstance(getattr(self, "grads", None), ProcessGradSum):  # resharded: the old shard's processes end
+            self.grads.close()
+        self.grads = ProcessGradSum(build, {"X": self.X, "y": self.y}, lanes) if lanes > 1 and FORKS \
+            else GradSum(build, threads=lanes)
         self._order: tuple[int | None, np.ndarray | None] = (None, None)
 
     def ready(self) -> ShardInfo:

@@ -71,17 +71,23 @@ class MLP(Module):
         return [p for layer in self.layers for p in layer.parameters()]
 
 
-def flatten(params: Sequence[Value], data: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def flatten(params: Sequence[Value], data: np.ndarray | None = None,
+            grad: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Move every parameter's data and grad into views of two contiguous vectors; return them.
 
     With `data` (another flattening's weight vector, e.g. of a replica of the same model) the
-    parameters become views of it as they are, their own values dropped; grads get a new vector."""
+    parameters become views of it as they are, their own values dropped; with `grad` their
+    gradients are views of that vector (zeroed), else of a new one."""
     size = sum(p.data.size for p in params)
-    if data is not None and (data.shape != (size,) or data.dtype != engine.DTYPE):
-        raise ValueError(f"flatten: the parameters need a {engine.DTYPE} vector of {size}, got {data.dtype} {data.shape}")
+    for name, given in (("parameters", data), ("gradients", grad)):
+        if given is not None and (given.shape != (size,) or given.dtype != engine.DTYPE):
+            raise ValueError(f"flatten: the {name} need a {engine.DTYPE} vector of {size}, got {given.dtype} {given.shape}")
     shared = data is not None
     data = data if shared else np.empty(size, engine.DTYPE)
-    grad = np.zeros(size, engine.DTYPE)
+    if grad is None:
+        grad = np.zeros(size, engine.DTYPE)
+    else:
+        grad[:] = 0
     offset = 0
     for p in params:
         n, shape = p.data.size, p.data.shape

@@ -1,6 +1,13 @@
 """micrograd.parallel: GradSum's sums over passes and threads against one whole-batch pass;
-threads sharing one weight vector; repeatable bits; integer feeds; BLAS thread limits."""
+threads sharing one weight vector; repeatable bits; integer feeds; BLAS thread limits;
+ProcessGradSum's forked lanes: the threads' bits, shared weights, a killed lane, a dead parent."""
 from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -9,7 +16,7 @@ from threadpoolctl import threadpool_info, threadpool_limits
 from micrograd import Value, concat
 from micrograd.losses import cross_entropy, pinball
 from micrograd.nn import MLP, Embedding, flatten
-from micrograd.parallel import GradSum, set_blas_threads
+from micrograd.parallel import FORKS, GradSum, ProcessGradSum, set_blas_threads
 
 LEVELS = (0.1, 0.5, 0.9)
 
@@ -159,3 +166,127 @@ def test_gradsum_rejects_a_block_or_thread_count_of_zero():
         GradSum(Quantile, block=0)
     with pytest.raises(ValueError, match="threads=0"):
         GradSum(Quantile, threads=0)
+
+
+forks = pytest.mark.skipif(not FORKS, reason="ProcessGradSum forks: Linux only")
+
+
+def alive(pid: int) -> bool:
+    """Whether process `pid` runs (a zombie, exited but not yet waited for, does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@forks
+@pytest.mark.parametrize("processes", [2, 3])
+@pytest.mark.parametrize("given_rows", [False, True], ids=["all rows", "rows given"])
+def test_processes_give_the_threads_bits_and_the_whole_batch(processes, given_rows):
+    feeds = quantile_data(7 * 64 + 23)
+    rows = np.random.default_rng(3).permutation(len(feeds["X"]))[:5 * 64 + 11] if given_rows else None
+    want, want_loss = whole_batch(Quantile(), feeds if rows is None else {k: a[rows] for k, a in feeds.items()})
+    threads = GradSum(Quantile, block=64, threads=processes)(feeds, rows)
+    gs = ProcessGradSum(Quantile, feeds, processes, block=64)
+    try:
+        for _ in range(2):  # and again: each lane zeroes its gradient, and reads the rows of this call
+            grad, loss = gs(feeds, rows)
+            np.testing.assert_array_equal(grad, threads[0])
+            assert loss == threads[1]
+        np.testing.assert_allclose(grad, want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
+        assert loss == pytest.approx(want_loss, rel=1e-5)
+        assert all(np.abs(g).max() > 0 for g in gs.lane_grads)  # every lane summed a part
+    finally:
+        gs.close()
+
+
+@forks
+def test_every_process_reads_the_weights_and_the_rows_of_each_call():
+    feeds, rng = quantile_data(3000), np.random.default_rng(7)
+    gs, one = ProcessGradSum(Quantile, feeds, 2, block=100), GradSum(Quantile, block=100)
+    try:
+        for _ in range(3):
+            new, rows = rng.standard_normal(gs.params.size).astype(np.float32) * 0.3, rng.permutation(3000)[:1700]
+            gs.params[:] = new
+            one.params[:] = new
+            want = one(feeds, rows)[0]
+            np.testing.assert_allclose(gs(feeds, rows)[0], want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
+    finally:
+        gs.close()
+
+
+@forks
+def test_integer_feeds_through_processes():
+    rng = np.random.default_rng(6)
+    feeds = {"code": rng.integers(0, 7, 900), "x": rng.standard_normal((900, 2)).astype(np.float32),
+             "label": rng.integers(0, 4, 900)}
+    rows = rng.permutation(900)[:700]
+    gs = ProcessGradSum(Categories, feeds, 2, block=128)
+    try:
+        np.testing.assert_array_equal(gs(feeds, rows)[0], GradSum(Categories, block=128, threads=2)(feeds, rows)[0])
+    finally:
+        gs.close()
+
+
+@forks
+def test_a_killed_lane_is_forked_again_and_the_sum_is_unchanged():
+    feeds, rows = quantile_data(2000), np.random.default_rng(8).permutation(2000)[:1500]
+    gs = ProcessGradSum(Quantile, feeds, 3, block=100)
+    try:
+        want = gs(feeds, rows)[0].copy()
+        killed = gs._lanes[1].pid
+        os.kill(killed, signal.SIGKILL)
+        np.testing.assert_array_equal(gs(feeds, rows)[0], want)
+        assert gs._lanes[1].pid != killed and alive(gs._lanes[1].pid) and not alive(killed)
+    finally:
+        gs.close()
+
+
+@forks
+def test_close_ends_the_lanes_and_bad_calls_are_refused():
+    feeds = quantile_data(300)
+    gs = ProcessGradSum(Quantile, feeds, 2)
+    pids = [lane.pid for lane in gs._lanes]
+    with pytest.raises(ValueError, match="feeds must be the arrays it was made with"):
+        gs({k: a.copy() for k, a in feeds.items()})
+    with pytest.raises(ValueError, match="at most 300 rows a call"):
+        gs(feeds, np.zeros(301, np.int64))
+    with pytest.raises(IndexError, match="row 300 is out of range for feeds of 300 rows"):
+        gs(feeds, np.array([0, 300]))
+    grad = gs(feeds)[0]  # still in step after the refusals
+    np.testing.assert_allclose(grad, GradSum(Quantile)(feeds)[0], rtol=1e-5, atol=1e-6 * np.abs(grad).max())
+    gs.close()
+    assert not any(alive(p) for p in pids)
+    with pytest.raises(RuntimeError, match="closed"):
+        gs(feeds)
+    with pytest.raises(ValueError, match="processes >= 2"):
+        ProcessGradSum(Quantile, feeds, 1)
+
+
+@forks
+def test_the_lanes_end_when_their_parent_is_killed(tmp_path):
+    """A worker killed with SIGKILL (Ray's ray.kill, a lost node) runs no close(); its lanes see
+    their pipe from it close and exit, so none outlives it."""
+    script = tmp_path / "parent.py"
+    script.write_text(f"""import sys, time
+sys.path[:0] = {[os.path.dirname(__file__), os.path.dirname(os.path.dirname(__file__))]!r}
+from test_parallel import Quantile, quantile_data
+from micrograd.parallel import ProcessGradSum
+feeds = quantile_data(500)
+gs = ProcessGradSum(Quantile, feeds, 3)
+gs(feeds)
+print(*[lane.pid for lane in gs._lanes], flush=True)
+time.sleep(60)
+""")
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        lanes = [int(p) for p in parent.stdout.readline().split()]
+        assert len(lanes) == 2 and all(alive(p) for p in lanes)
+    finally:
+        parent.kill()
+        parent.wait()
+    deadline = time.monotonic() + 10
+    while any(alive(p) for p in lanes) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(alive(p) for p in lanes)

@@ -85,9 +85,10 @@ def test_a_checkpoint_of_two_shards_resumes_on_one_or_four(ray_local, uneven_dat
         assert arrays["steplog"]["step"].tolist() == list(range(14)) and arrays["steplog"]["applied"].all()
 
 
-def test_one_worker_on_two_cpus_computes_on_two_threads_like_one_process(ray_local, uneven_data, tmp_path):
-    """--cpus-per-worker 2: the worker's gradient sums run on two engine threads (its row blocks
-    split between them, summed in a fixed order), and the weights are still one process's."""
+def test_one_worker_on_two_cpus_computes_on_two_processes_like_one_process(ray_local, uneven_data, tmp_path):
+    """--cpus-per-worker 2: the worker's gradient sums run on two processes, itself and one forked
+    inside the Ray actor (its row passes split between them, summed in a fixed order), and the
+    weights are still one process's."""
     spec, config = small_config(uneven_data, tmp_path, workers=1, cpus_per_worker=2, steps=14)
     train(spec, config)
     arrays, _ = checkpoint.load(config.checkpoint_dir, config.steps)
