@@ -4,7 +4,8 @@ Runs, in one process and in interleaved rounds (every contender once per round, 
 load spike hits them alike): the same model as hand-written NumPy forward and backward with
 every buffer preallocated (the baseline, 2 BLAS threads, and 1 BLAS thread as a 1-CPU worker
 has); micrograd on one full batch per step (the graph as written); micrograd's GradSum in
-512-row passes on 1 thread (BLAS 1 thread) and in 2,048-row passes on all threads (BLAS 1 thread each); and where
+512-row passes on 1 thread (BLAS 1 thread), in 4,096-row passes on all threads, and (ProcessGradSum,
+Linux) in 512-row passes on as many processes as CPUs (BLAS 1 thread each); and where
 installed PyTorch eager and torch.compile, JAX jit (a Python loop of steps, and lax.scan over
 the epoch) and TensorFlow tf.function. Every contender starts from the same weights and sees
 the same batches; compilation is done before timing. Prints the median epoch time, its ratio to
@@ -29,7 +30,7 @@ from micrograd import Value
 from micrograd.losses import pinball
 from micrograd.nn import MLP, flatten
 from micrograd.optim import Adam
-from micrograd.parallel import BLOCK, THREAD_BLOCK, GradSum
+from micrograd.parallel import BLOCK, FORKS, THREAD_BLOCK, GradSum, ProcessGradSum
 
 FEATURES, HIDDEN, LEVELS = 64, 128, np.linspace(0.1, 0.9, 9, dtype=np.float32)
 LR, BETAS, EPS = 1e-3, (0.9, 0.999), 1e-8
@@ -90,6 +91,25 @@ def micrograd_passes(X, y, size, threads: int) -> Epoch:
         opt = Adam(gs.params.size, LR, BETAS, EPS)
         for i in range(0, len(X) - size + 1, size):
             total, loss = gs({"X": X[i:i + size], "y": y[i:i + size]})
+            np.multiply(total, np.float32(1 / size), out=mean)
+            opt.step(gs.params, mean)
+        return loss / size
+    return epoch
+
+
+def micrograd_processes(X, y, size) -> Epoch:
+    """ProcessGradSum: the batch in 512-row passes on this process and CPUS - 1 forked ones (1 BLAS
+    thread each), gathered from the whole data set, as a worker with CPUS CPUs runs it."""
+    with threadpool_limits(limits=1, user_api="blas"):  # the forked processes keep it
+        gs = ProcessGradSum(Quantile, {"X": X, "y": y}, CPUS)
+    feeds, order = {"X": X, "y": y}, np.arange(len(X))
+    start, mean = gs.params.copy(), np.empty_like(gs.params)
+
+    def epoch():
+        gs.params[:] = start
+        opt = Adam(gs.params.size, LR, BETAS, EPS)
+        for i in range(0, len(X) - size + 1, size):
+            total, loss = gs(feeds, order[i:i + size])
             np.multiply(total, np.float32(1 / size), out=mean)
             opt.step(gs.params, mean)
         return loss / size
@@ -265,6 +285,8 @@ def contenders(X, y, size, only: list[str]) -> list[Contender]:
            Contender("micrograd, whole batch", CPUS, micrograd_full(X, y, size)),
            Contender(f"micrograd, 1 thread, {BLOCK}-row passes", 1, micrograd_passes(X, y, size, 1)),
            Contender(f"micrograd, {CPUS} threads, {THREAD_BLOCK}-row passes or less", 1, micrograd_passes(X, y, size, CPUS))]
+    if FORKS and CPUS > 1:
+        out.append(Contender(f"micrograd, {CPUS} processes, {BLOCK}-row passes", 1, micrograd_processes(X, y, size)))
     for kind in (torch_contenders, jax_contenders, tensorflow_contenders):
         library = kind.__name__.removesuffix("_contenders")
         if only and not any(s.lower() in library for s in only):
