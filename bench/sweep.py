@@ -9,9 +9,14 @@ workers compute almost nothing (8 rows each). Measured per run, in the steady st
 - the bytes per step through the busiest process: every TCP socket's bytes_sent and
   bytes_received as the kernel counts them (`ss -tinpO`), summed per process, sampled twice
   during the run, turned into bytes per step by the step rate.
+- the CPU seconds per step of the busiest server shard and of the mean worker (/proc/PID/stat,
+  at the same two samples).
 Then a least-squares fit  step = c0 + c_msg x messages + c_byte x bytes + c_worker x W
 over the busiest process's messages and bytes per step, and the projection: the share of a
-step outside compute for N Graviton nodes on EC2 networks (figures in NETWORKS, COMPUTE).
+step outside compute for N Graviton nodes on EC2 networks (figures in NETWORKS, COMPUTE). On
+this machine every process shares the same cores, so the step time holds the CPU of all W
+workers; a second fit takes only what a cluster would run in series, a server shard's CPU and
+a worker's own message CPU per step, and projects from those and the wire time.
 
     python bench/scaling.py --sweep [--workers 1 2 4 8 16 32] [--params 10000 1000000 10000000] [--servers 1 2 4]
 Inside a loopback-only network namespace, as README.md says (root: `ss -p` sees every process).
@@ -68,6 +73,8 @@ class Point:
     busiest_bytes: float   # per step, through the busiest process (kernel's socket counters)
     busiest: str           # which process that was
     messages: int          # per step, through the busiest process
+    server_cpu_s: float = float("nan")  # CPU seconds per step of the busiest server shard
+    worker_cpu_s: float = float("nan")  # CPU seconds per step of a worker (the mean)
 
 
 SOCKET = re.compile(r'users:\(\("([^"]+)",pid=(\d+),.*?bytes_sent:(\d+).*?bytes_received:(\d+)')
@@ -85,6 +92,16 @@ def socket_bytes() -> dict[int, tuple[str, int]]:
     return totals
 
 
+def cpu_seconds(pids: list[int]) -> dict[int, float]:
+    """User + system CPU seconds so far of each process (those gone: left out)."""
+    seconds = {}
+    for pid in pids:
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+            fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+            seconds[pid] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return seconds
+
+
 def last_step(metrics: str) -> int:
     try:
         lines = open(metrics).read().splitlines()
@@ -97,14 +114,15 @@ def measure(path: str, workers: int, params: int, servers: int, steps: int) -> P
     """One run; its steady-state step time and the busiest process's bytes per step."""
     scratch = tempfile.TemporaryDirectory()
     metrics = os.path.join(scratch.name, "metrics.jsonl")
-    samples: list[tuple[float, dict]] = []
+    samples: list[tuple[float, dict, dict]] = []
 
     def sample() -> None:  # twice in the steady state: at the log points of 25% and 75% of the steps
         for share in (0.25, 0.75):
             while last_step(metrics) < share * steps and not done.is_set():
                 time.sleep(0.01)
             if not done.is_set():
-                samples.append((time.perf_counter(), socket_bytes()))
+                sockets = socket_bytes()
+                samples.append((time.perf_counter(), sockets, cpu_seconds(list(sockets))))
     done = threading.Event()
     sampler = threading.Thread(target=sample)
     sampler.start()
@@ -126,13 +144,17 @@ def measure(path: str, workers: int, params: int, servers: int, steps: int) -> P
     step_s = (steady[-1]["elapsed_s"] - steady[0]["elapsed_s"]) / (steady[-1]["step"] - steady[0]["step"])
     if len(samples) < 2:
         raise RuntimeError(f"the run of {workers} workers x {params:,} parameters ended before two samples")
-    (t0, before), (t1, after) = samples
+    (t0, before, cpu0), (t1, after, cpu1) = samples
     per_step = {pid: (name, (total - before.get(pid, (name, 0))[1]) / (t1 - t0) * step_s)
                 for pid, (name, total) in after.items()}
     pid = max(per_step, key=lambda p: per_step[p][1])
     name, busiest = per_step[pid]
     is_server = "Param" in name  # ray::ParameterServer, as the kernel shortens it
-    return Point(workers, params, servers, step_s, busiest, name, 2 * workers if is_server else 2 * servers)
+    cpu = {pid: (cpu1[pid] - cpu0[pid]) / (t1 - t0) * step_s for pid in cpu0.keys() & cpu1.keys()}
+    server_cpu = max((s for pid, s in cpu.items() if "Param" in after[pid][0]), default=float("nan"))
+    worker_cpu = [s for pid, s in cpu.items() if "Worker" in after[pid][0]]
+    return Point(workers, params, servers, step_s, busiest, name, 2 * workers if is_server else 2 * servers,
+                 server_cpu, float(np.mean(worker_cpu)) if worker_cpu else float("nan"))
 
 
 def protocol_bytes(p: Point) -> float:
@@ -151,7 +173,32 @@ def fit(points: list[Point]) -> np.ndarray:
     """Least squares c0, c_msg, c_byte, c_worker, c_param (each >= 0) of step = c0 + c_msg x
     messages + c_byte x bytes + c_worker x W + c_param x P / S (a shard's averaging and optimiser)."""
     A = np.array([[1.0, p.messages, p.busiest_bytes, p.workers, p.params / p.servers] for p in points])
-    t = np.array([p.step_s for p in points])
+    return nonnegative_fit(A, np.array([p.step_s for p in points]))
+
+
+def shard_bytes(workers: int, params: int, servers: int) -> float:
+    """Bytes a server shard moves per step: its slice to and from each worker."""
+    return 2 * workers * (params / servers * 4 + HEADER_BYTES)
+
+
+def worker_bytes(params: int, servers: int) -> float:
+    """Bytes a worker moves per step: every shard's slice in, and out."""
+    return 2 * (params * 4 + servers * HEADER_BYTES)
+
+
+def cpu_fits(points: list[Point]) -> tuple[np.ndarray, np.ndarray]:
+    """Least squares (each >= 0) of a server shard's CPU per step = s0 + s_msg x 2W + s_byte x its
+    bytes + s_param x P / S, and of a worker's = w0 + w_msg x 2S + w_byte x its bytes."""
+    ok = [p for p in points if np.isfinite(p.server_cpu_s) and np.isfinite(p.worker_cpu_s)]
+    server = nonnegative_fit(np.array([[1.0, 2 * p.workers, shard_bytes(p.workers, p.params, p.servers),
+                                        p.params / p.servers] for p in ok]), np.array([p.server_cpu_s for p in ok]))
+    worker = nonnegative_fit(np.array([[1.0, 2 * p.servers, worker_bytes(p.params, p.servers)] for p in ok]),
+                             np.array([p.worker_cpu_s for p in ok]))
+    return server, worker
+
+
+def nonnegative_fit(A: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """Least squares coefficients of A c = t with every c >= 0."""
     active = list(range(A.shape[1]))
     while True:  # drop a negative coefficient and fit again (a small non-negative least squares)
         c = np.zeros(A.shape[1])
@@ -181,6 +228,18 @@ def project(c: np.ndarray, nodes: int, params: int, servers: int, bandwidth: flo
     return outside / (outside + COMPUTE)
 
 
+def project_serial(server: np.ndarray, worker: np.ndarray, nodes: int, params: int, servers: int,
+                   bandwidth: float) -> float:
+    """As project(), from the CPU fits: what a cluster runs in series in a step is a shard's CPU
+    (its links to all `nodes` workers), a worker's own message CPU and the wire time of the
+    busiest node; the workers' CPU runs in parallel, each on its node."""
+    shard = server @ [1.0, 2 * nodes, shard_bytes(nodes, params, servers), params / servers]
+    own = worker @ [1.0, 2 * servers, worker_bytes(params, servers)]
+    wire = 2 * max(nodes * params * 4 / servers, params * 4) / bandwidth
+    outside = shard + own + wire
+    return outside / (outside + COMPUTE)
+
+
 def sweep(workers: list[int], params: list[int], servers: list[int], save: str | None = None,
           earlier: list[str] = ()) -> None:
     points: list[Point] = [Point(**p) for name in earlier for p in json.load(open(name))]
@@ -201,7 +260,8 @@ def measured(workers: list[int], params: list[int], servers: list[int], save: st
     points: list[Point] = []
     print(f"{NODES} Cluster nodes x {CPUS_PER_NODE} logical CPUs on {os.cpu_count()} cores; "
           f"{ROWS_PER_WORKER} rows per worker; load average {os.getloadavg()[0]:.1f}")
-    print(f"{'params':>10} {'S':>2} {'workers':>7} {'ms/step':>8} {'MB/step busiest':>16} {'(protocol)':>11}  busiest")
+    print(f"{'params':>10} {'S':>2} {'workers':>7} {'ms/step':>8} {'MB/step busiest':>16} {'(protocol)':>11} "
+          f"{'CPU ms/step: shard':>19} {'worker':>7}  busiest")
     try:
         for p in params:
             steps = 400 if p <= 100_000 else 80 if p <= 2_000_000 else 32
@@ -210,7 +270,8 @@ def measured(workers: list[int], params: list[int], servers: list[int], save: st
                     point = measure(path, w, p, s, steps)
                     points.append(point)
                     print(f"{p:>10,} {s:>2} {w:>7} {1e3 * point.step_s:8.2f} {point.busiest_bytes / 1e6:16.2f} "
-                          f"{protocol_bytes(point) / 1e6:11.2f}  {point.busiest}", flush=True)
+                          f"{protocol_bytes(point) / 1e6:11.2f} {1e3 * point.server_cpu_s:19.2f} "
+                          f"{1e3 * point.worker_cpu_s:7.2f}  {point.busiest}", flush=True)
     finally:
         ray.shutdown()
         cluster.shutdown()
@@ -240,6 +301,18 @@ def report(points: list[Point]) -> None:
         for s in sorted({1, max(1, nodes // 16), max(1, nodes // 4), nodes}):
             print(f"{nodes:>6} {s:>4} " + " ".join(f"{100 * project(c, nodes, 1_000_000, s, bw):14.1f}%"
                                                    for bw in NETWORKS.values()))
+    if not any(np.isfinite(p.server_cpu_s) for p in points):
+        return
+    server, worker = cpu_fits(points)
+    print(f"CPU fits: a shard's = {1e3 * server[0]:.3f} ms + {1e6 * server[1]:.1f} us x messages + "
+          f"{1e9 * server[2]:.3f} ns x bytes + {1e9 * server[3]:.2f} ns x parameters; a worker's = "
+          f"{1e3 * worker[0]:.3f} ms + {1e6 * worker[1]:.1f} us x messages + {1e9 * worker[2]:.3f} ns x bytes")
+    print("projection from the CPU a cluster runs in series (a shard's, a worker's messages, the wire):")
+    print(f"{'nodes':>6} {'S':>4} " + " ".join(f"{name:>15}" for name in NETWORKS))
+    for nodes in (16, 32, 64, 128, 256):
+        for s in sorted({1, max(1, nodes // 16), max(1, nodes // 4), nodes}):
+            print(f"{nodes:>6} {s:>4} " + " ".join(
+                f"{100 * project_serial(server, worker, nodes, 1_000_000, s, bw):14.1f}%" for bw in NETWORKS.values()))
 
 
 def main(argv: list[str] | None = None) -> None:
