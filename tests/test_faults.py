@@ -101,6 +101,19 @@ class Driver:
         return json.loads(self.summary_path.read_text())
 
 
+def children(pid: int) -> list[int]:
+    """The live child processes of `pid` (for a worker: the processes it forked to compute on)."""
+    found = []
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            state, parent = open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()[:2]
+        except OSError:  # gone meanwhile
+            continue
+        if int(parent) == pid and state != "Z":
+            found.append(int(entry))
+    return sorted(found)
+
+
 def final_params(ckpt: Path, step: int = STEPS) -> np.ndarray:
     arrays, manifest = checkpoint.load(str(ckpt), step)
     assert manifest["step"] == step
@@ -143,6 +156,27 @@ def test_worker_killed_mid_run_is_replaced_and_its_steps_recomputed(ray_address,
     assert "failure 1 at step" in run.log and "replaced worker(s) [1] on their shards" in run.log, run.log
     assert run.summary["failures_survived"] == 1 and run.summary["workers"] == 2
     assert_same_as_reference(final_params(tmp_path / "ckpt"), reference)
+
+
+def test_a_workers_forked_process_killed_mid_run_is_forked_again_and_costs_no_step(ray_address, dataset, tmp_path):
+    """--cpus-per-worker 2: the worker computes on itself and a process it forked. That one
+    killed (as the kernel's out-of-memory killer would) is found at the next step, forked again
+    and the step computed again: no failure, and the weights of the uninterrupted run."""
+    args = lambda ckpt: job_args(dataset, ckpt, "--address", ray_address, "--workers", "1",  # noqa: E731
+                                 "--cpus-per-worker", "2")
+    whole = Driver(tmp_path / "whole", args(tmp_path / "whole-ckpt"))
+    assert whole.finish() == 0, whole.log
+    run = Driver(tmp_path / "run", args(tmp_path / "ckpt"))
+    worker = run.wait_until(lambda: run.actors("worker").get(0), "worker 0")
+    pid = ray.get(worker.ready.remote()).pid
+    [lane] = run.wait_until(lambda: children(pid), "the worker's forked process")
+    killed_at = run.wait_until(lambda: run.step() >= 30 and run.step(), "step 30")
+    os.kill(lane, signal.SIGKILL)
+    [again] = run.wait_until(lambda: [p for p in children(pid) if p != lane], "a process forked again")
+    assert run.finish() == 0, run.log
+    assert killed_at < STEPS and again != lane
+    assert run.summary["failures_survived"] == 0 and "failure 1" not in run.log, run.log
+    assert_same_as_reference(final_params(tmp_path / "ckpt"), final_params(tmp_path / "whole-ckpt"))
 
 
 def test_hung_worker_is_found_within_step_timeout_and_replaced(ray_address, dataset, reference, tmp_path):

@@ -4,6 +4,7 @@ import shutil
 
 import numpy as np
 import pytest
+import ray
 
 from micrograd.nn import flatten
 from micrograd.parallel import BLOCK, GradSum
@@ -13,9 +14,11 @@ from mgdist.errors import TrainingError
 from mgdist.fleet import Fleet
 from mgdist.model import ModelSpec
 from mgdist.trainer import run
+from mgdist.worker import Worker
 from mgdist.workloads import synthetic
 from mgdist.workloads.quantile import QuantileMLP
 from reference import initial_params, quantile_run, single_process_params
+from test_faults import children
 
 
 @pytest.fixture(scope="module")
@@ -94,6 +97,29 @@ def test_one_worker_on_two_cpus_computes_on_two_processes_like_one_process(ray_l
     arrays, _ = checkpoint.load(config.checkpoint_dir, config.steps)
     np.testing.assert_allclose(arrays["params"], single_process_params(spec, config, [[0, 1, 2, 3, 4, 5]]),
                                rtol=1e-3, atol=5e-4)  # Adam amplifies float32 rounding of tiny gradients
+
+
+def test_a_two_cpu_worker_resharded_forks_anew_for_its_new_shard(ray_local, uneven_data, tmp_path):
+    """A reshard (elastic growth, --balance speed) ends the old shard's forked process and forks
+    one that reads the new shard: a step's gradient is then a 1-CPU worker's on that shard."""
+    spec, config = small_config(uneven_data, tmp_path, workers=1, cpus_per_worker=2)
+    fleet = Fleet(spec, config, data.discover(uneven_data))
+    fleet.start()
+    worker, pid = fleet.actors[0], fleet.info[0].pid
+    before = children(pid)
+    info = ray.get(worker.reshard.remote([3, 4]))
+    after = children(pid)
+    assert len(before) == len(after) == 1 and before != after  # the old one ended, a new one forked
+    weights = initial_params(spec, info.features)
+    grad, rows, loss, _ = ray.get(worker.grad.remote(weights, 0, 300, 1))
+    ray.kill(worker)
+    one = ray.remote(Worker).options(num_cpus=1).remote(spec, dataclasses.replace(config, cpus_per_worker=1),
+                                                        fleet.ds, [3, 4], 0, fleet.prep)
+    want, want_rows, want_loss, _ = ray.get(one.grad.remote(weights, 0, 300, 1))
+    ray.kill(one)
+    assert rows == want_rows == 300 and info.rows == 1400
+    np.testing.assert_allclose(grad, want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
+    assert loss == pytest.approx(want_loss, rel=1e-6)
 
 
 def test_summary_figures(ray_local, uneven_data, tmp_path):
