@@ -178,9 +178,11 @@ def test_state_steps_is_int64_and_may_be_zero_but_not_negative():
         opt.load_state_dict(state | {"steps": np.array(-1, np.int64)})
 
 
-def test_adamw_without_weight_decay_setting_keeps_its_default():
-    """--weight-decay 0 (the default) passes nothing, so AdamW decays by its own default 0.01."""
-    assert make_optimizer(TrainConfig(optimizer="adamw"), 1, 10).weight_decay == 0.01
+def test_the_runs_weight_decay_is_what_every_optimizer_gets():
+    """--weight-decay is passed as it is: its default 0 turns AdamW's own default (0.01) off too,
+    so that a run's decay is the one its config (and checkpoint) says."""
+    assert make_optimizer(TrainConfig(optimizer="adamw"), 1, 10).weight_decay == 0.0
+    assert make_optimizer(TrainConfig(optimizer="adamw", weight_decay=0.01), 1, 10).weight_decay == 0.01
     assert make_optimizer(TrainConfig(optimizer="adam"), 1, 10).weight_decay == 0.0
 
 
