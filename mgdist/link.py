@@ -146,27 +146,67 @@ def configure(sock: socket.socket, timeout: float | None) -> socket.socket:
     return sock
 
 
+class Outgoing:
+    """One message on its way out: header and array, sent in as few system calls as the socket
+    allows, so that the peer is woken once (a second write for the array cost a second wake-up,
+    most of a send). On a non-blocking socket advance() sends what the socket takes now."""
+
+    def __init__(self, numbers: tuple[float, float, float], array: np.ndarray):
+        self.parts = [memoryview(HEAD.pack(*numbers, array.nbytes)), memoryview(array).cast("B")]
+
+    def advance(self, sock: socket.socket) -> bool:
+        """Send more of it; whether it is all sent."""
+        try:
+            sent = sock.sendmsg([p for p in self.parts if p])
+        except BlockingIOError:
+            return False
+        for i, part in enumerate(self.parts):
+            taken = min(sent, len(part))
+            self.parts[i], sent = part[taken:], sent - taken
+        return not any(self.parts)
+
+
+class Incoming:
+    """One message on its way in: its header, checked, then its array read into `out`, which
+    must be its size. On a non-blocking socket advance() reads what has arrived."""
+
+    def __init__(self, out: np.ndarray):
+        self.head, self.out = bytearray(HEAD.size), out
+        self.view = memoryview(self.head)
+        self.numbers: tuple[float, float, float] | None = None  # once the header is in
+
+    def advance(self, sock: socket.socket) -> bool:
+        """Read more of it; whether it is all in. LinkClosed if the peer closed the link or
+        announced an array of another size."""
+        while self.view:
+            try:
+                n = sock.recv_into(self.view)
+            except BlockingIOError:
+                return False
+            if n == 0:
+                raise LinkClosed("the other end closed the link")
+            self.view = self.view[n:]
+            if not self.view and self.numbers is None:
+                *numbers, nbytes = HEAD.unpack(self.head)
+                if nbytes != self.out.nbytes:
+                    raise LinkClosed(f"a message of {nbytes} bytes where {self.out.nbytes} were expected")
+                self.numbers, self.view = tuple(numbers), memoryview(self.out).cast("B")
+        return True
+
+
 def send(sock: socket.socket, numbers: tuple[float, float, float], array: np.ndarray) -> None:
-    """One message, header and array in one system call where the socket takes it all: the
-    peer is woken once (a second write for the array cost a second wake-up, most of a send)."""
-    head, body = HEAD.pack(*numbers, array.nbytes), memoryview(array).cast("B")
-    sent = sock.sendmsg([head, body])
-    if sent < len(head):
-        sock.sendall(head[sent:])
-        sent = len(head)
-    if sent < len(head) + len(body):
-        sock.sendall(body[sent - len(head):])
+    """One message, on a blocking socket (its timeout bounds each write)."""
+    message = Outgoing(numbers, array)
+    while not message.advance(sock):
+        pass
 
 
 def recv(sock: socket.socket, out: np.ndarray) -> tuple[float, float, float]:
-    """The next message's three numbers; its array is read into `out`, which must be its size."""
-    head = bytearray(HEAD.size)
-    _read_into(sock, memoryview(head))
-    *numbers, nbytes = HEAD.unpack(head)
-    if nbytes != out.nbytes:
-        raise LinkClosed(f"a message of {nbytes} bytes where {out.nbytes} were expected")
-    _read_into(sock, memoryview(out).cast("B"))
-    return tuple(numbers)
+    """The next message's three numbers, on a blocking socket; its array is read into `out`,
+    which must be its size."""
+    message = Incoming(out)
+    message.advance(sock)
+    return message.numbers
 
 
 def _read_into(sock: socket.socket, view: memoryview) -> None:

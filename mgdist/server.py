@@ -3,10 +3,9 @@ gradients by rows, steps the optimiser on its shard."""
 from __future__ import annotations
 
 import contextlib
-import select
+import selectors
 import socket
 import time
-from concurrent import futures
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -111,8 +110,7 @@ class ParameterServer:
         self.listener: socket.socket | None = None  # open from listen() until the next run() has accepted
         self.links: list[socket.socket | None] = []  # to the workers whose serve() calls are self.serving
         self.serving: list[ray.ObjectRef] = []
-        self.pool: futures.ThreadPoolExecutor | None = None  # a thread per link but worker 0's: its send, then its receive
-        self.talks: list[futures.Future] = []  # this step's exchanges on those threads
+        self.selector: selectors.BaseSelector | None = None  # the links, non-blocking, all on this thread
         self.checked = 0.0  # when Ray was last asked whether every serve() call is still running
 
     def listen(self) -> tuple[str, int]:
@@ -158,67 +156,59 @@ class ParameterServer:
         missing = [i for i, s in enumerate(self.links) if s is None]
         if missing:
             self._raise_lost(missing, f"worker(s) {missing} did not connect within {timeout:g} s (--step-timeout)", wait=0)
-        self.pool = futures.ThreadPoolExecutor(max(1, len(self.links) - 1), thread_name_prefix="link")
+        self.selector = selectors.DefaultSelector()
+        for w, sock in enumerate(self.links):
+            sock.setblocking(False)
+            self.selector.register(sock, selectors.EVENT_READ, w)
 
     def _exchange(self, received: list[np.ndarray], batches: list[int],
                   steps_per_epoch: int) -> list[tuple[np.ndarray, int, float, float]]:
         """One step's messages: the weights to every worker and its answer, (gradient sum into
-        `received[w]`, rows, loss sum, seconds), all links at once: worker 0's on this thread, each
-        other's on a thread of its own, so that no worker waits for another's transfer. Meanwhile,
-        and once a second in any case, Ray is asked whether a worker's serve() has ended (its actor
-        died, or its node was declared dead: a vanished machine closes no socket). The first worker
-        (in rank order) whose exchange failed raises: not answering within step_timeout makes it `late`."""
+        `received[w]`, rows, loss sum, seconds), all links at once on this one thread: each send
+        goes as far as its socket takes it, then whatever link is ready next moves on (a selector),
+        so no worker waits for another's transfer and no thread is woken per link. Meanwhile, and
+        once a second in any case, Ray is asked whether a worker's serve() has ended (its actor
+        died, or its node was declared dead: a vanished machine closes no socket). A worker whose
+        link closes raises; one that has not answered within step_timeout is `late` and raises."""
         timeout = self.config.step_timeout
-        numbers = [(self.step, b, steps_per_epoch) for b in batches]
-        self.talks = [self.pool.submit(self._talk, *args) for args in zip(self.links[1:], numbers[1:], received[1:])]
-        first: futures.Future = futures.Future()
-        try:
-            first.set_result(self._talk(self.links[0], numbers[0], received[0], time.monotonic() + timeout))
-        except Exception as e:
-            first.set_exception(e)
-        talks, pending = [first, *self.talks], self.talks
-        while pending and first.exception() is None:
+        deadline = time.monotonic() + timeout
+        sending = {w: link.Outgoing((self.step, b, steps_per_epoch), self.params) for w, b in enumerate(batches)}
+        receiving = {w: link.Incoming(grad) for w, grad in enumerate(received)}
+        answers: dict[int, tuple[float, float, float]] = {}
+
+        def advance(w: int, message: link.Outgoing | link.Incoming) -> bool:
+            try:
+                return message.advance(self.links[w])
+            except OSError:  # its end closed (LinkClosed too): its serve() call says why (its actor died, or it failed)
+                self._raise_lost([w], f"step {self.step}: worker(s) [{w}] closed its link", wait=timeout)
+
+        for w in list(sending):
+            if advance(w, sending[w]):
+                del sending[w]
+            else:
+                self.selector.modify(self.links[w], selectors.EVENT_READ | selectors.EVENT_WRITE, w)
+        while receiving:
             self._poll()
-            _, pending = futures.wait(pending, timeout=1, return_when=futures.FIRST_EXCEPTION)
-            if any(talk.done() and talk.exception() is not None for talk in self.talks):
-                break
-        failed = [w for w, talk in enumerate(talks) if talk.done() and talk.exception() is not None]
-        if failed:
-            w, error = failed[0], talks[failed[0]].exception()
-            if isinstance(error, TimeoutError):
+            if (now := time.monotonic()) >= deadline:
+                w = min(receiving)
                 self.late = (w,)
                 self._raise_lost([w], f"step {self.step}: worker(s) [{w}] did not answer within "
                                       f"{timeout:g} s (--step-timeout)", wait=0)
-            if isinstance(error, OSError):  # its end closed: its serve() call says why (its actor died, or it failed)
-                self._raise_lost([w], f"step {self.step}: worker(s) [{w}] closed its link", wait=timeout)
-            raise error
-        answers = []
-        for w, (talk, grad) in enumerate(zip(talks, received)):
-            rows, loss, seconds = talk.result()
+            for key, events in self.selector.select(min(1.0, deadline - now)):
+                w = key.data
+                if events & selectors.EVENT_WRITE and w in sending and advance(w, sending[w]):
+                    del sending[w]
+                    self.selector.modify(key.fileobj, selectors.EVENT_READ, w)
+                if events & selectors.EVENT_READ and w in receiving and advance(w, receiving[w]):
+                    answers[w] = receiving.pop(w).numbers
+        out = []
+        for w, grad in enumerate(received):
+            rows, loss, seconds = answers[w]
             if not (0 <= rows <= batches[w] and rows == int(rows) and 0 <= seconds < float("inf")):
                 raise BadMessage(f"step {self.step}: worker {w} sent {rows:g} rows and {seconds:g} s "
                                  f"of compute, where it was asked for {batches[w]} rows")
-            answers.append((grad, int(rows), loss, seconds))
-        return answers
-
-    def _talk(self, sock: socket.socket, numbers: tuple[int, int, int], grad: np.ndarray,
-              deadline: float | None = None) -> tuple[float, float, float]:
-        """Send a worker this step's numbers and weights; its answer's numbers, its array read into
-        `grad`. Its link's read timeout (step_timeout) raises TimeoutError; with a `deadline`, the
-        answer is awaited polling Ray (_await)."""
-        link.send(sock, numbers, self.params)
-        if deadline is not None:
-            self._await(sock, deadline)
-        return link.recv(sock, grad)
-
-    def _await(self, sock: socket.socket, deadline: float) -> None:
-        """Wait until `sock` has an answer, polling Ray (_poll); TimeoutError after `deadline`."""
-        while True:
-            self._poll()
-            if select.select([sock], [], [], 1)[0]:
-                return
-            if time.monotonic() >= deadline:
-                raise TimeoutError
+            out.append((grad, int(rows), loss, seconds))
+        return out
 
     def _poll(self) -> None:
         """At most once a second, raise the error of a worker's serve() call that has ended."""
@@ -234,16 +224,15 @@ class ParameterServer:
         raise ray.exceptions.GetTimeoutError(message)
 
     def _disconnect(self) -> None:
-        """Close the listener and the links, waking the threads blocked on them; wait for those."""
+        """Close the listener and the links (which ends the workers' serve() calls)."""
+        if self.selector is not None:
+            self.selector.close()
         for sock in [self.listener, *self.links]:
             if sock is not None:
                 with contextlib.suppress(OSError):  # not connected
                     sock.shutdown(socket.SHUT_RDWR)
                 sock.close()
-        futures.wait(self.talks)
-        if self.pool is not None:
-            self.pool.shutdown()
-        self.listener, self.links, self.serving, self.pool, self.talks = None, [], [], None, []
+        self.listener, self.links, self.serving, self.selector = None, [], [], None
 
     def apply(self, results: list[tuple[np.ndarray, int, float, float]]) -> None:
         """Average (gradient sum, rows, loss sum, seconds) of every worker over rows; step once.

@@ -28,3 +28,22 @@ def test_a_closed_link_and_a_wrong_size_are_errors():
     a.close()
     with pytest.raises(link.LinkClosed, match="closed the link"):
         link.recv(b, np.empty(0, np.float32))
+
+
+def test_messages_move_on_non_blocking_sockets_a_part_at_a_time():
+    """As the server drives its links on one thread: each advance() sends or reads what the
+    socket takes now, and the message arrives whole however it was cut."""
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    b.setblocking(False)
+    x = np.arange(3_000_001, dtype=np.float32)  # several socket buffers
+    out, got = link.Outgoing((7, 8, 9), x), link.Incoming(np.empty_like(x))
+    sent = arrived = False
+    rounds = 0
+    while not arrived:
+        sent = sent or out.advance(a)
+        arrived = got.advance(b)
+        rounds += 1
+    assert sent and rounds > 2  # it took several parts
+    assert got.numbers == (7, 8, 9)
+    np.testing.assert_array_equal(got.out, x)
