@@ -18,6 +18,7 @@ from test_faults import Driver, dataset, job_args  # noqa: F401 - dataset is a f
 
 STEPS = 600
 GROW_STEPS = 2400  # ~12 s of steps here: a node takes ~1.1 s to join, and the run must still be going
+CHECK_EVERY = 300  # the growing run's checkpoints: the by-hand runs stop at the first after the growth
 NODE = dict(num_cpus=1, object_store_memory=100 * 2**20)
 
 
@@ -35,7 +36,8 @@ def test_a_run_grows_when_a_node_joins_and_keeps_the_data_order_of_that_worker_s
         cluster.add_node(**NODE)
     assert {n.node_ip_address for n in cluster.list_all_nodes()} == {"127.0.0.1"}  # every node on loopback
     args = lambda ckpt, *more: job_args(dataset, ckpt, "--address", cluster.address, "--steps", str(GROW_STEPS),  # noqa: E731
-                                        "--checkpoint-every", "0", "--schedule", "linear", *more)  # lr: not of --steps
+                                        "--checkpoint-every", str(CHECK_EVERY), "--keep-checkpoints", "0",
+                                        "--schedule", "linear", *more)  # lr: not of --steps
     run = Driver(tmp_path / "elastic", args(tmp_path / "elastic-ckpt", "--workers", "2:3"))
     run.wait_until(lambda: run.step() >= 30, "step 30", timeout=180)
     cluster.add_node(**NODE)
@@ -46,15 +48,19 @@ def test_a_run_grows_when_a_node_joins_and_keeps_the_data_order_of_that_worker_s
     assert 30 <= at < GROW_STEPS and run.summary["workers"] == 3 and run.summary["failures_survived"] == 0
     elastic, manifest = checkpoint.load(str(tmp_path / "elastic-ckpt"), GROW_STEPS)
     assert manifest["data_order"]["workers"] == 3 and at % manifest["data_order"]["steps_per_epoch"] == 0
+    assert elastic["steplog"]["step"].tolist() == list(range(GROW_STEPS))
 
-    # the same sequence of worker counts by hand: 2 fixed workers up to that step, then resumed with 3
+    # the same sequence of worker counts by hand: 2 fixed workers up to that step, then resumed
+    # with 3, up to the elastic run's first checkpoint after it
+    upto = (at // CHECK_EVERY + 1) * CHECK_EVERY
+    elastic, _ = checkpoint.load(str(tmp_path / "elastic-ckpt"), upto)
     first = Driver(tmp_path / "first", args(tmp_path / "fixed", "--workers", "2", "--steps", str(at)))
     assert first.finish() == 0, first.log
-    then = Driver(tmp_path / "then", args(tmp_path / "fixed", "--workers", "3", "--resume", "--resume-changes"))
+    then = Driver(tmp_path / "then", args(tmp_path / "fixed", "--workers", "3", "--steps", str(upto), "--resume",
+                                          "--resume-changes"))
     assert then.finish() == 0, then.log
-    fixed, _ = checkpoint.load(str(tmp_path / "fixed"), GROW_STEPS)
+    fixed, _ = checkpoint.load(str(tmp_path / "fixed"), upto)
     np.testing.assert_allclose(elastic["params"], fixed["params"], rtol=1e-5, atol=1e-7)
-    assert elastic["steplog"]["step"].tolist() == list(range(GROW_STEPS))
     assert elastic["steplog"]["rows"].tolist() == fixed["steplog"]["rows"].tolist()
 
 
