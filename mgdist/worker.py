@@ -100,8 +100,8 @@ class Worker:
 
     def prepare(self, prep: Preprocessing) -> None:
         """Turn the raw shard into the model's inputs and target; build the model replica for them,
-        on one process per CPU (forked, on Linux; threads elsewhere), each with 1 BLAS thread. The raw features and target of the
-        validation rows are kept, for the model's own metrics."""
+        on one process per CPU (forked, on Linux; threads elsewhere), each with 1 BLAS thread.
+        The raw features and target of the validation rows are kept, for the model's own metrics."""
         self.prep, shard = prep, self.shard
         self.val_raw = shard.X[self.val], shard.y[self.val]
         self.X = prep.inputs_of(shard.X, shard.categories)

@@ -233,7 +233,8 @@ class ProcessGradSum:
         if not FORKS:
             raise RuntimeError(f"ProcessGradSum forks, which is safe on Linux only, not on {sys.platform}")
         if block < 1 or processes < 2:
-            raise ValueError(f"ProcessGradSum: need block >= 1 and processes >= 2, got block={block}, processes={processes}")
+            raise ValueError(f"ProcessGradSum: need block >= 1 and processes >= 2, "
+                             f"got block={block}, processes={processes}")
         self.feeds, self.block, self.processes = dict(feeds), block, processes
         self.available = _rows_of(self.feeds)
         models = [build() for _ in range(processes)]
@@ -242,7 +243,8 @@ class ProcessGradSum:
         self.params = _shared(start.size, start.dtype)
         self.params[:] = start
         self.lane_grads = _shared((processes, start.size), start.dtype)
-        self.replicas = [Replica(m, flatten(m.parameters(), self.params, g)[1]) for m, g in zip(models, self.lane_grads)]
+        self.replicas = [Replica(m, flatten(m.parameters(), self.params, g)[1])
+                         for m, g in zip(models, self.lane_grads)]
         self.total = np.zeros_like(start)
         self._rows = _shared(self.available, np.int64)
         for lane in range(1, processes):
