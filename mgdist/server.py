@@ -187,10 +187,10 @@ class ParameterServer:
                 del sending[w]
             else:
                 self.selector.modify(self.links[w], selectors.EVENT_READ | selectors.EVENT_WRITE, w)
-        while receiving:
+        while receiving or sending:  # a worker that answered early still gets all of this step's weights
             self._poll()
             if (now := time.monotonic()) >= deadline:
-                w = min(receiving)
+                w = min(receiving or sending)
                 self.late = (w,)
                 self._raise_lost([w], f"step {self.step}: worker(s) [{w}] did not answer within "
                                       f"{timeout:g} s (--step-timeout)", wait=0)
