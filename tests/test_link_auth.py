@@ -202,3 +202,34 @@ def test_a_gradient_nonfinite_in_one_shards_slice_is_skipped_by_every_shard(flee
     assert state.log["step"][~state.log["applied"]].tolist() == [3]
     assert state.skips == ("step 3: non-finite gradient or loss from worker(s) [1]: step skipped",)
     assert int(state.optimizer["steps"]) == config.steps - 1
+
+
+@ray.remote(num_cpus=0)
+def waiting() -> None:
+    """Stands for a worker's serve() call, which the server polls: one that does not end."""
+    time.sleep(300)
+
+
+def test_a_peer_answering_before_its_weights_are_all_sent_still_gets_them_whole_and_in_frame(fleet):
+    """An authenticated peer that answers step 0 at once, before reading a byte of its weights (too
+    many to go in one write), gets those weights whole and then step 1's message in frame: a
+    step's exchange ends when every send is done, not only every answer."""
+    size, secret = 4_000_000, link.Secret.new()  # 16 MB of weights: more than a loopback socket takes at once
+    server = ray.remote(ParameterServer).options(num_cpus=0).remote(
+        dataclasses.replace(fleet.config, step_timeout=30.0), np.ones(size, np.float32), 10, secret)
+    serving = [waiting.remote()]
+    try:
+        host, port = ray.get(server.listen.remote())
+        done = server.run.remote(2, serving, [5], 1)
+        sock = link.connect(host, port, secret, 0, timeout=30)
+        answer, weights = np.zeros(size, np.float32), np.empty(size, np.float32)
+        link.send(sock, (5, 0.0, 0.001), answer)  # step 0's answer: 5 rows, a zero gradient
+        assert link.recv(sock, weights) == (0, 5, 1)
+        np.testing.assert_array_equal(weights, 1)
+        assert link.recv(sock, weights) == (1, 5, 1)
+        link.send(sock, (5, 0.0, 0.001), answer)
+        assert ray_get(done, timeout=60).step == 2
+        sock.close()
+    finally:
+        ray.kill(server)
+        ray.cancel(serving[0], force=True)
