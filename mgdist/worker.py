@@ -110,7 +110,7 @@ class Worker:
         lanes = max(1, int(self.config.cpus_per_worker))
         set_blas_threads(lanes, lanes)
         build = lambda: self.spec.build(self.X.shape[1])  # noqa: E731
-        if isinstance(getattr(self, "grads", None), ProcessGradSum):  # resharded: the old shard's processes end
+        if hasattr(self, "grads"):  # resharded: the old shard's processes (or threads) end
             self.grads.close()
         self.grads = ProcessGradSum(build, {"X": self.X, "y": self.y}, lanes) if lanes > 1 and FORKS \
             else GradSum(build, threads=lanes)

@@ -79,6 +79,14 @@ def _check_rows(rows: np.ndarray | None, available: int) -> None:
             raise IndexError(f"GradSum: row {low if low < 0 else high} is out of range for feeds of {available} rows")
 
 
+def _add_in_lane_order(total: np.ndarray, lane_grads: list[np.ndarray]) -> np.ndarray:
+    """The lanes' gradient sums added into `total` in lane order: the order that fixes the bits."""
+    np.copyto(total, lane_grads[0])
+    for g in lane_grads[1:]:
+        total += g
+    return total
+
+
 def _passes(n: int, block: int, lanes: int) -> tuple[int, int]:
     """(rows per pass, passes) for n rows: passes cut smaller when there are too few for every lane."""
     block = max(1, min(block, -(-n // lanes)))
@@ -124,13 +132,15 @@ class GradSum:
         done = [self.pool.submit(r.run, feeds, rows, range(t, passes, T), block)
                 for t, r in enumerate(self.replicas[1:], start=1)]
         losses = [self.replicas[0].run(feeds, rows, range(0, passes, T), block)] + [f.result() for f in done]
-        np.copyto(self.total, self.replicas[0].grads)
-        for r in self.replicas[1:]:
-            self.total += r.grads
-        return self.total, sum(losses)
+        return _add_in_lane_order(self.total, [r.grads for r in self.replicas]), sum(losses)
+
+    def close(self) -> None:
+        """End the threads (none with one thread)."""
+        if self.pool is not None:
+            self.pool.shutdown()
 
 
-ASK = struct.Struct("<qq?")   # to a lane's process: rows, rows per pass, whether all the feeds' rows (no rows given)
+ASK = struct.Struct("<qqq?")  # to a lane's process: rows, rows per pass, passes, whether all the feeds' rows
 ANSWER = struct.Struct("<dI")  # from it: its loss sum, and the length of the error text that follows (0: none)
 
 
@@ -146,9 +156,9 @@ class _Lane:
     ask: int
     answers: int
 
-    def request(self, n: int, block: int, whole: bool) -> None:
+    def request(self, n: int, block: int, passes: int, whole: bool) -> None:
         try:
-            os.write(self.ask, ASK.pack(n, block, whole))
+            os.write(self.ask, ASK.pack(n, block, passes, whole))
         except OSError:  # no reader: the process is gone
             raise LaneLost(self.index) from None
 
@@ -186,9 +196,9 @@ def _serve(replica: Replica, feeds: dict[str, np.ndarray], rows: np.ndarray, lan
            ask: int, answers: int) -> None:
     """A lane's process: each request, its passes into its gradient vector, until the pipe closes."""
     while len(request := _read(ask, ASK.size)) == ASK.size:
-        n, block, whole = ASK.unpack(request)
+        n, block, passes, whole = ASK.unpack(request)
         try:
-            loss = replica.run(feeds, None if whole else rows[:n], range(lane, -(-n // block), lanes), block)
+            loss = replica.run(feeds, None if whole else rows[:n], range(lane, passes, lanes), block)
             os.write(answers, ANSWER.pack(loss, 0))
         except Exception as e:  # told to the caller, which raises it
             text = f"{type(e).__name__}: {e}".encode()[:2048]
@@ -269,10 +279,7 @@ class ProcessGradSum:
         except LaneLost as lost:
             self._restart(lost.args[0])
             loss = self._sum(n, rows)
-        np.copyto(self.total, self.lane_grads[0])
-        for g in self.lane_grads[1:]:
-            self.total += g
-        return self.total, loss
+        return _add_in_lane_order(self.total, self.lane_grads), loss
 
     def _sum(self, n: int, rows: np.ndarray | None) -> float:
         """The loss sum of every lane's passes; their gradients in lane_grads."""
@@ -280,7 +287,7 @@ class ProcessGradSum:
         asked, answers, failure = [], [], None
         for lane in self._lanes:
             try:
-                lane.request(n, block, rows is None)
+                lane.request(n, block, passes, rows is None)
                 asked.append(lane)
             except LaneLost as e:
                 failure = failure or e
