@@ -34,6 +34,7 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import ray
@@ -218,12 +219,18 @@ batch of a default 2-worker run) x 6 flops a weight and row (forward, two backwa
 300 GFLOP/s (16 Graviton3 vCPUs at about half their float32 FMA peak): an assumption, not measured."""
 
 
+def busiest_node_bytes(nodes: int, params: int, servers: int) -> float:
+    """Bytes a step through the busiest node's network, one worker per node and `servers` shards on
+    as many of them: in each of the two phases (weights out, gradients back) the larger of its
+    shard's traffic and its worker's (they go opposite ways, and a link carries both at once)."""
+    return 2 * max(nodes * params * 4 / servers, params * 4)
+
+
 def project(c: np.ndarray, nodes: int, params: int, servers: int, bandwidth: float) -> float:
     """Share of a step outside compute: one worker per node and `servers` shards on as many of the
-    nodes. A shard exchanges its slice with every worker (2 x nodes messages a step); a node's
-    network carries, in each of the two phases (weights out, gradients back), the larger of its
-    shard's traffic and its worker's; that time, and the fitted per-byte CPU cost, are added."""
-    busiest = 2 * max(nodes * params * 4 / servers, params * 4)
+    nodes. A shard exchanges its slice with every worker (2 x nodes messages a step); the busiest
+    node's wire time (busiest_node_bytes) and the fitted per-byte CPU cost of those bytes are added."""
+    busiest = busiest_node_bytes(nodes, params, servers)
     outside = c[0] + c[1] * 2 * nodes + c[3] * nodes + c[4] * params / servers + busiest * (1 / bandwidth + c[2])
     return outside / (outside + COMPUTE)
 
@@ -235,7 +242,7 @@ def project_serial(server: np.ndarray, worker: np.ndarray, nodes: int, params: i
     busiest node; the workers' CPU runs in parallel, each on its node."""
     shard = server @ [1.0, 2 * nodes, shard_bytes(nodes, params, servers), params / servers]
     own = worker @ [1.0, 2 * servers, worker_bytes(params, servers)]
-    wire = 2 * max(nodes * params * 4 / servers, params * 4) / bandwidth
+    wire = busiest_node_bytes(nodes, params, servers) / bandwidth
     outside = shard + own + wire
     return outside / (outside + COMPUTE)
 
@@ -296,11 +303,7 @@ def report(points: list[Point]) -> None:
           f"rms error {1e3 * np.sqrt(np.mean([(step(c, p) - p.step_s) ** 2 for p in points])):.1f} ms")
     print(f"projection, one 16-vCPU Graviton worker per node, compute {1e3 * COMPUTE:.0f} ms a step "
           "(1M parameters, 8,192 rows per worker); share of a step outside compute:")
-    print(f"{'nodes':>6} {'S':>4} " + " ".join(f"{name:>15}" for name in NETWORKS))
-    for nodes in (16, 32, 64, 128, 256):
-        for s in sorted({1, max(1, nodes // 16), max(1, nodes // 4), nodes}):
-            print(f"{nodes:>6} {s:>4} " + " ".join(f"{100 * project(c, nodes, 1_000_000, s, bw):14.1f}%"
-                                                   for bw in NETWORKS.values()))
+    print_projection(lambda nodes, s, bw: project(c, nodes, 1_000_000, s, bw))
     if not any(np.isfinite(p.server_cpu_s) for p in points):
         return
     server, worker = cpu_fits(points)
@@ -308,11 +311,15 @@ def report(points: list[Point]) -> None:
           f"{1e9 * server[2]:.3f} ns x bytes + {1e9 * server[3]:.2f} ns x parameters; a worker's = "
           f"{1e3 * worker[0]:.3f} ms + {1e6 * worker[1]:.1f} us x messages + {1e9 * worker[2]:.3f} ns x bytes")
     print("projection from the CPU a cluster runs in series (a shard's, a worker's messages, the wire):")
+    print_projection(lambda nodes, s, bw: project_serial(server, worker, nodes, 1_000_000, s, bw))
+
+
+def print_projection(share: Callable[[int, int, float], float]) -> None:
+    """A table of share(nodes, servers, bandwidth) for 16-256 nodes, a few shard counts, each network."""
     print(f"{'nodes':>6} {'S':>4} " + " ".join(f"{name:>15}" for name in NETWORKS))
     for nodes in (16, 32, 64, 128, 256):
         for s in sorted({1, max(1, nodes // 16), max(1, nodes // 4), nodes}):
-            print(f"{nodes:>6} {s:>4} " + " ".join(
-                f"{100 * project_serial(server, worker, nodes, 1_000_000, s, bw):14.1f}%" for bw in NETWORKS.values()))
+            print(f"{nodes:>6} {s:>4} " + " ".join(f"{100 * share(nodes, s, bw):14.1f}%" for bw in NETWORKS.values()))
 
 
 def main(argv: list[str] | None = None) -> None:
