@@ -81,39 +81,34 @@ def micrograd_full(X, y, size) -> Epoch:
     return epoch
 
 
-def micrograd_passes(X, y, size, threads: int) -> Epoch:
-    """GradSum: the batch in passes of its default size on `threads` threads, as mgdist's workers run it."""
-    gs = GradSum(Quantile, threads=threads)
+def gradsum_epoch(gs, steps: range, size: int, batch: Callable[[int], tuple]) -> Epoch:
+    """An epoch of Adam steps on a GradSum-like `gs`, step i's gradient sum gs(*batch(i)) over `size` rows."""
     start, mean = gs.params.copy(), np.empty_like(gs.params)
 
     def epoch():
         gs.params[:] = start
         opt = Adam(gs.params.size, LR, BETAS, EPS)
-        for i in range(0, len(X) - size + 1, size):
-            total, loss = gs({"X": X[i:i + size], "y": y[i:i + size]})
+        for i in steps:
+            total, loss = gs(*batch(i))
             np.multiply(total, np.float32(1 / size), out=mean)
             opt.step(gs.params, mean)
         return loss / size
     return epoch
+
+
+def micrograd_passes(X, y, size, threads: int) -> Epoch:
+    """GradSum: the batch in passes of its default size on `threads` threads, as mgdist's workers run it."""
+    return gradsum_epoch(GradSum(Quantile, threads=threads), range(0, len(X) - size + 1, size), size,
+                         lambda i: ({"X": X[i:i + size], "y": y[i:i + size]},))
 
 
 def micrograd_processes(X, y, size) -> Epoch:
     """ProcessGradSum: the batch in 512-row passes on this process and CPUS - 1 forked ones (1 BLAS
     thread each), gathered from the whole data set, as a worker with CPUS CPUs runs it."""
-    with threadpool_limits(limits=1, user_api="blas"):  # the forked processes keep it
-        gs = ProcessGradSum(Quantile, {"X": X, "y": y}, CPUS)
     feeds, order = {"X": X, "y": y}, np.arange(len(X))
-    start, mean = gs.params.copy(), np.empty_like(gs.params)
-
-    def epoch():
-        gs.params[:] = start
-        opt = Adam(gs.params.size, LR, BETAS, EPS)
-        for i in range(0, len(X) - size + 1, size):
-            total, loss = gs(feeds, order[i:i + size])
-            np.multiply(total, np.float32(1 / size), out=mean)
-            opt.step(gs.params, mean)
-        return loss / size
-    return epoch
+    with threadpool_limits(limits=1, user_api="blas"):  # the forked processes keep it
+        gs = ProcessGradSum(Quantile, feeds, CPUS)
+    return gradsum_epoch(gs, range(0, len(X) - size + 1, size), size, lambda i: (feeds, order[i:i + size]))
 
 
 def numpy_loop(X, y, size) -> Epoch:
