@@ -13,7 +13,7 @@ import ray
 import s3fs
 
 from mgdist import checkpoint
-from mgdist.workloads import synthetic
+from mgdist.workloads import quantile, synthetic
 
 JOB = Path(__file__).resolve().parents[1] / "jobs" / "quantile.py"
 SMALL = ["--hidden", "8", "--batch-size", "300", "--steps", "6", "--log-every", "3", "--seed", "1"]
@@ -29,6 +29,15 @@ def ray_address():
 def run_job(*args: str, prefix: list[str] = (), env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([*prefix, sys.executable, str(JOB), *args], capture_output=True, text=True, env=env,
                           timeout=180)
+
+
+def run_here(capsys, *args: str) -> subprocess.CompletedProcess:
+    """The job's main() in this process, already connected to Ray (a second faster than a new
+    process): its exit status and output, as run_job gives them."""
+    capsys.readouterr()
+    code = quantile.main(list(args))
+    out = capsys.readouterr()
+    return subprocess.CompletedProcess(args, code, out.out, out.err)
 
 
 def one_error_line(out: subprocess.CompletedProcess) -> str:
@@ -81,11 +90,11 @@ def corrupt_a_page(path: Path) -> None:
     (corrupt_a_page, "part-00001.parquet: Couldn't deserialize thrift"),
     (lambda p: p.write_text("id,x,y\n1,2,3\n"), ": Parquet magic bytes not found in footer"),
 ], ids=["corrupt-page", "not-parquet"])
-def test_bad_parquet_files(ray_address, good, saved, tmp_path, damage, expected):
+def test_bad_parquet_files(ray_address, good, saved, tmp_path, damage, expected, capsys):
     before = contents(saved)
     data = bad_copy(good[0], tmp_path / "data", damage)
-    line = one_error_line(run_job("--data", str(data), "--checkpoint-dir", str(saved), "--resume",
-                                  "--address", ray_address, *SMALL))
+    line = one_error_line(run_here(capsys, "--data", str(data), "--checkpoint-dir", str(saved), "--resume",
+                                   "--address", ray_address, *SMALL))
     assert expected in line and str(data) in line
     assert contents(saved) == before
 
@@ -103,34 +112,33 @@ def test_truncated_checkpoint(ray_address, good, saved):
     assert contents(saved) == before
 
 
-def test_checkpoint_of_another_model_optimizer_or_dataset(ray_address, good, saved, tmp_path):
+def test_checkpoint_of_another_model_optimizer_or_dataset(ray_address, good, saved, tmp_path, capsys):
     before = contents(saved)
-    other_model = [*SMALL, "--hidden", "16"]  # the later --hidden wins
-    line = one_error_line(run_job("--data", str(good[0]), "--checkpoint-dir", str(saved), "--resume",
-                                  "--address", ray_address, *other_model))
+
+    def error(*args: str, data: Path = good[0]) -> str:
+        return one_error_line(run_here(capsys, "--data", str(data), "--checkpoint-dir", str(saved),
+                                       "--address", ray_address, *args))
+
+    line = error("--resume", *SMALL, "--hidden", "16")  # the later --hidden wins
     assert line.startswith(f"error: checkpoint step 6 in {saved} is for model {{'class': "
                            "'mgdist.workloads.quantile:QuantileMLP', 'args': {'levels': [0.1, 0.5, 0.9], 'hidden': [8]")
     assert "not this run's {'class': 'mgdist.workloads.quantile:QuantileMLP', 'args': {'levels': [0.1, 0.5, 0.9], " \
         "'hidden': [16]" in line
     for flag, saved_value, value in [("--optimizer", "adam", "sgd"), ("--lr", "0.01", "0.02"), ("--seed", "1", "2"),
                                      ("--batch-size", "300", "200"), ("--schedule", "cosine", "linear")]:
-        line = one_error_line(run_job("--data", str(good[0]), "--checkpoint-dir", str(saved), "--resume",
-                                      "--address", ray_address, *SMALL, flag, value))
-        assert line == (f"error: checkpoint step 6 in {saved} was trained with {flag} {saved_value}, this run has "
-                        f"{flag} {value}: pass --resume-changes to resume with other settings")
-    line = one_error_line(run_job("--data", str(good[0]), "--checkpoint-dir", str(saved), "--resume",
-                                  "--resume-changes", "--address", ray_address, *SMALL, "--optimizer", "sgd"))
-    assert line == f"error: checkpoint step 6 in {saved} does not fit --optimizer sgd: optimizer state keys " \
-                   "['m', 'steps', 'v'], want ['steps']"
+        assert error("--resume", *SMALL, flag, value) == (
+            f"error: checkpoint step 6 in {saved} was trained with {flag} {saved_value}, this run has "
+            f"{flag} {value}: pass --resume-changes to resume with other settings")
+    assert error("--resume", "--resume-changes", *SMALL, "--optimizer", "sgd") == (
+        f"error: checkpoint step 6 in {saved} does not fit --optimizer sgd: optimizer state keys "
+        "['m', 'steps', 'v'], want ['steps']")
     synthetic.write(str(tmp_path / "other"), rows=2500, features=6, files=2, row_group_rows=500, seed=1, progress=False)
-    line = one_error_line(run_job("--data", str(tmp_path / "other"), "--checkpoint-dir", str(saved), "--resume",
-                                  "--address", ray_address, *SMALL))
-    assert line == f"error: checkpoint step 6 in {saved} was trained on other data than {tmp_path / 'other'} " \
-                   "(files, sizes or columns differ)"
-    line = one_error_line(run_job("--data", str(good[0]), "--checkpoint-dir", str(saved), "--address", ray_address,
-                                  *SMALL))  # no --resume: refuses to start over on top of them
-    assert line == f"error: {saved} already holds checkpoints (newest: step 6); pass --resume to continue from " \
-                   "them, or choose another --checkpoint-dir"
+    assert error("--resume", *SMALL, data=tmp_path / "other") == (
+        f"error: checkpoint step 6 in {saved} was trained on other data than {tmp_path / 'other'} "
+        "(files, sizes or columns differ)")
+    assert error(*SMALL) == (  # no --resume: refuses to start over on top of them
+        f"error: {saved} already holds checkpoints (newest: step 6); pass --resume to continue from "
+        "them, or choose another --checkpoint-dir")
     assert contents(saved) == before
 
 
