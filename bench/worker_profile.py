@@ -164,7 +164,7 @@ class Setup:
     spec: ModelSpec
     config: TrainConfig
     dataset: Dataset
-    shards: list[list[int]]
+    shards: list[tuple[int, int]]
     prep: Preprocessing
     batches: list[int]  # each worker's rows of a global batch
     steps_per_epoch: int
@@ -185,14 +185,14 @@ def setup(path: str, batch: int, workers: int = 2, val_fraction: float = 0.01) -
     from mgdist.workloads.quantile import QuantileMLP
     config = TrainConfig(data=path, workers=workers, batch_size=batch, val_fraction=val_fraction)
     ds = data.discover(path)
-    shards = data.plan_shards(ds.group_rows, workers)
-    summaries = [ShardSummary.of(*data.load_shard(ds, s)) for s in shards]
+    shards = data.plan_rows(ds.rows, workers)
+    summaries = [ShardSummary.of(*data.load_rows(ds, *s)) for s in shards]
     summary = summaries[0]
     for other in summaries[1:]:
         summary = summary.merge(other)
     prep = Preprocessing.from_summary(summary, ds.features, ds.categorical, True, True)
-    train = [len(split_rows(sum(ds.group_rows[g] for g in s), val_fraction, config.seed, r)[0])
-             for r, s in enumerate(shards)]
+    train = [len(split_rows(stop - start, val_fraction, config.seed, r)[0])
+             for r, (start, stop) in enumerate(shards)]
     spec = ModelSpec(QuantileMLP, {"levels": LEVELS, "hidden": [128], "activation": "tanh"})
     batches = split_batch(batch, train)
     return Setup(spec, config, ds, shards, prep, batches, min(t // b for t, b in zip(train, batches)))

@@ -1,7 +1,8 @@
 """Parquet datasets, local or on S3, read as float32 NumPy shards.
 
-discover() reads only the files' footers and checks the schema; plan_shards() splits the
-row groups among workers; load_shard() reads one worker's row groups into X (n, F), y (n,).
+discover() reads only the files' footers and checks the schema; plan_rows() splits the rows
+among workers, at any row; load_rows() reads one worker's rows into X (n, F), y (n,).
+plan_shards() and load_shard() do the same in whole row groups (for prediction and evaluation).
 Transient storage errors are retried (mgdist/retry.py); every problem with the data or its
 location raises a one-line DataError.
 """
@@ -243,6 +244,28 @@ def discover(uri: str, features: Sequence[str] | str | None = None, target: str 
     return ds
 
 
+def _ideal_ends(total: int, k: int, weights: Sequence[float] | None) -> np.ndarray:
+    """Where each of k consecutive shards of `total` rows would ideally end, shard i holding
+    total * weights[i] / sum(weights) rows (equal shares when weights is None)."""
+    weights = [1.0] * k if weights is None else [float(w) for w in weights]
+    if k < 1 or len(weights) != k or not all(0 < w < float("inf") for w in weights):
+        raise DataError(f"need k >= 1 positive finite weights, got k={k}, weights={weights}")
+    return total * np.cumsum(weights) / sum(weights)
+
+
+def plan_rows(rows: int, k: int, weights: Sequence[float] | None = None) -> list[tuple[int, int]]:
+    """Split rows [0, rows) (numbered through the row groups in order) into k consecutive spans
+    (start, stop): span i gets rows * weights[i] / sum(weights) rows, within one row, and at least one."""
+    if rows < k:
+        raise DataError(f"{rows} rows cannot be split among {k} workers: use fewer workers")
+    ends = np.rint(_ideal_ends(rows, k, weights)).astype(int)
+    cuts = [0]
+    for s in range(k - 1):
+        cuts.append(min(max(int(ends[s]), cuts[-1] + 1), rows - (k - 1 - s)))
+    cuts.append(rows)
+    return list(zip(cuts, cuts[1:]))
+
+
 def plan_shards(group_rows: Sequence[int], k: int, weights: Sequence[float] | None = None) -> list[list[int]]:
     """Split row groups (indices into group_rows) into k runs of consecutive groups.
 
@@ -250,15 +273,12 @@ def plan_shards(group_rows: Sequence[int], k: int, weights: Sequence[float] | No
     boundary nearest its ideal place, so no shard exceeds its ideal by a row group or more.
     Empty groups are left out; every shard gets at least one non-empty group.
     """
-    weights = [1.0] * k if weights is None else [float(w) for w in weights]
-    if k < 1 or len(weights) != k or not all(0 < w < float("inf") for w in weights):
-        raise DataError(f"need k >= 1 positive finite weights, got k={k}, weights={weights}")
+    ideal_ends = _ideal_ends(sum(group_rows), k, weights)
     groups = [i for i, rows in enumerate(group_rows) if rows > 0]
     if len(groups) < k:
         raise DataError(f"{len(groups)} non-empty row groups cannot be split among {k} workers: "
                         "write smaller row groups or use fewer workers")
     ends = np.cumsum([group_rows[i] for i in groups])  # rows up to and including each group
-    ideal_ends = ends[-1] * np.cumsum(weights) / sum(weights)
     cuts = [0]
     for s in range(k - 1):
         nearest = int(np.argmin(np.abs(ends - ideal_ends[s]))) + 1
@@ -314,23 +334,31 @@ class Shard(NamedTuple):
     categories: tuple[np.ndarray, ...]
 
 
-def _nonfinite_error(table: pa.Table, ds: Dataset, bad: np.ndarray, where: str) -> DataError:
+def _nonfinite_error(table: pa.Table, ds: Dataset, bad: np.ndarray, where: str, first: int) -> DataError:
     row, col = np.argwhere(bad)[0]
     name = [*ds.features, ds.target, *ds.categorical][col]
     value = table.column(name)[int(row)].as_py()
-    return DataError(f"{where}, column {name!r}, row {row}: value {'null' if value is None else value}"
+    return DataError(f"{where}, column {name!r}, row {first + row}: value {'null' if value is None else value}"
                      " (nonfinite='drop' skips such rows)")
 
 
-def _read_group(pf: pq.ParquetFile, ds: Dataset, info: FileInfo, g: int, nonfinite: str,
+class Piece(NamedTuple):
+    """Rows [start, stop) of row group `group` (an index into ds.group_rows)."""
+    group: int
+    start: int
+    stop: int
+
+
+def _read_piece(pf: pq.ParquetFile, ds: Dataset, info: FileInfo, g: int, piece: Piece, nonfinite: str,
                 X: np.ndarray, y: np.ndarray) -> tuple[int, list[np.ndarray]]:
-    """Read row group `g` of one file into the first rows of X and y: the number of rows kept, and
-    the values of each categorical column in those rows."""
+    """Read a piece of row group `g` of one file into the first rows of X and y: the number of rows
+    kept, and the values of each categorical column in those rows."""
     where = f"{info.path} row group {g}"
     table = pf.read_row_group(g, columns=[*ds.features, ds.target, *ds.categorical])
     if table.num_rows != info.row_groups[g]:
         raise DataError(f"{where}: {table.num_rows} rows, not {info.row_groups[g]}: "
                         "the file changed since it was discovered")
+    table = table.slice(piece.start, piece.stop - piece.start)
     check_exact(table, [*ds.features, ds.target], where)
     n = table.num_rows
     copy_columns(table, ds.features, X[:n])
@@ -340,11 +368,43 @@ def _read_group(pf: pq.ParquetFile, ds: Dataset, info: FileInfo, g: int, nonfini
     if not bad.any():
         return n, [category_values(table, name) for name in ds.categorical]
     if nonfinite == "error":
-        raise _nonfinite_error(table, ds, bad, where)
+        raise _nonfinite_error(table, ds, bad, where, piece.start)
     finite = ~bad.any(axis=1)
     kept = int(finite.sum())
     X[:kept], y[:kept] = X[:n][finite], y[:n][finite]
     return kept, [category_values(table, name, finite) for name in ds.categorical]
+
+
+def _load(ds: Dataset, pieces: list[Piece], nonfinite: str, what: str) -> Shard:
+    """Read these pieces of row groups, in order, into one Shard; `what` names them in errors."""
+    if nonfinite not in ("error", "drop"):
+        raise ValueError(f"nonfinite must be 'error' or 'drop', not {nonfinite!r}")
+    located = [(f, g) for f, info in enumerate(ds.files) for g in range(len(info.row_groups))]
+    n = sum(p.stop - p.start for p in pieces)
+    X, y = np.empty((n, len(ds.features)), np.float32), np.empty(n, np.float32)
+    categories: list[list[np.ndarray]] = [[] for _ in ds.categorical]
+    fs, _ = filesystem(ds.uri, ds.storage)
+    filled = 0
+    for f, run in groupby(pieces, key=lambda p: located[p.group][0]):
+        info, todo = ds.files[f], list(run)
+
+        def read_rest() -> None:  # the pieces of `todo` not read yet; after a transient error, again
+            nonlocal filled
+            with _open_parquet(fs, _fs_path(info.path)) as pf:
+                while todo:
+                    piece = todo[0]
+                    kept, cats = _read_piece(pf, ds, info, located[piece.group][1], piece, nonfinite,
+                                             X[filled:], y[filled:])
+                    filled += kept
+                    for values, c in zip(categories, cats):
+                        values.append(c)
+                    todo.pop(0)
+                    pa.default_memory_pool().release_unused()  # peak: the shard + about one row group
+        with reraise(info.path):
+            retrying(read_rest)
+    if filled == 0:
+        raise DataError(f"{ds.uri}: no finite rows in {what}")
+    return Shard(X[:filled], y[:filled], tuple(np.concatenate(c) for c in categories))
 
 
 def load_shard(ds: Dataset, groups: Sequence[int], nonfinite: str = "error") -> Shard:
@@ -355,31 +415,20 @@ def load_shard(ds: Dataset, groups: Sequence[int], nonfinite: str = "error") -> 
     into the result. nonfinite: "error" raises on a NaN, infinity or null (a null category
     too); "drop" skips its rows. An integer column beyond 2**24 is refused (check_exact).
     """
-    if nonfinite not in ("error", "drop"):
-        raise ValueError(f"nonfinite must be 'error' or 'drop', not {nonfinite!r}")
-    located = [(f, g) for f, info in enumerate(ds.files) for g in range(len(info.row_groups))]
-    if not groups or not all(0 <= g < len(located) for g in groups):
-        raise DataError(f"{ds.uri}: a shard needs row groups in [0, {len(located)}), got {list(groups)}")
-    n = sum(ds.group_rows[g] for g in groups)
-    X, y = np.empty((n, len(ds.features)), np.float32), np.empty(n, np.float32)
-    categories: list[list[np.ndarray]] = [[] for _ in ds.categorical]
-    fs, _ = filesystem(ds.uri, ds.storage)
-    filled = 0
-    for f, run in groupby((located[g] for g in groups), key=lambda fg: fg[0]):
-        info, todo = ds.files[f], [g for _, g in run]
+    if not groups or not all(0 <= g < len(ds.group_rows) for g in groups):
+        raise DataError(f"{ds.uri}: a shard needs row groups in [0, {len(ds.group_rows)}), got {list(groups)}")
+    return _load(ds, [Piece(g, 0, ds.group_rows[g]) for g in groups], nonfinite, f"row groups {list(groups)}")
 
-        def read_rest() -> None:  # the groups of `todo` not read yet; after a transient error, again
-            nonlocal filled
-            with _open_parquet(fs, _fs_path(info.path)) as pf:
-                while todo:
-                    kept, cats = _read_group(pf, ds, info, todo[0], nonfinite, X[filled:], y[filled:])
-                    filled += kept
-                    for values, c in zip(categories, cats):
-                        values.append(c)
-                    todo.pop(0)
-                    pa.default_memory_pool().release_unused()  # peak: the shard + about one row group
-        with reraise(info.path):
-            retrying(read_rest)
-    if filled == 0:
-        raise DataError(f"{ds.uri}: no finite rows in row groups {list(groups)}")
-    return Shard(X[:filled], y[:filled], tuple(np.concatenate(c) for c in categories))
+
+def load_rows(ds: Dataset, start: int, stop: int, nonfinite: str = "error") -> Shard:
+    """Read rows [start, stop) of the dataset (numbered through its row groups in order), as
+    load_shard() does; the row groups they cut are read whole and cut."""
+    if not 0 <= start < stop <= ds.rows:
+        raise DataError(f"{ds.uri}: a shard needs rows within [0, {ds.rows}), got [{start}, {stop})")
+    pieces, first = [], 0
+    for g, rows in enumerate(ds.group_rows):
+        a, b = max(start, first), min(stop, first + rows)
+        if a < b:
+            pieces.append(Piece(g, a - first, b - first))
+        first += rows
+    return _load(ds, pieces, nonfinite, f"rows [{start}, {stop})")

@@ -54,11 +54,11 @@ def _cpus(arch: str | None) -> float:
                if n["Alive"] and (arch is None or n["Resources"].get(f"arch_{arch}", 0) > 0))
 
 
-def elastic_count(config: TrainConfig, groups: int, running: int = 0) -> int:
+def elastic_count(config: TrainConfig, rows: int, running: int = 0) -> int:
     """With --workers MIN:MAX, `running` of them placed: how many the run can have now, those
-    running and as many more as the cluster's free CPUs hold, up to MAX and the row groups."""
+    running and as many more as the cluster's free CPUs hold, up to MAX and the dataset's rows."""
     free = ray.available_resources().get("CPU", 0.0)
-    return min(config.workers, groups, running + int(free / config.cpus_per_worker + 1e-9))
+    return min(config.workers, rows, running + int(free / config.cpus_per_worker + 1e-9))
 
 
 def _worker_options(config: TrainConfig, count: int | None = None) -> list[dict]:
@@ -107,7 +107,7 @@ class Fleet:
         self.spec, self.config, self.ds, self.prep = spec, config, ds, prep
         if config.min_workers:  # ask an autoscaler for nodes for all MAX workers; take what comes, when it comes
             request_resources(bundles=[{"CPU": config.cpus_per_worker}] * config.workers)
-        self.options = _worker_options(config, max(config.min_workers, elastic_count(config, len(ds.group_rows)))
+        self.options = _worker_options(config, max(config.min_workers, elastic_count(config, ds.rows))
                                        if config.min_workers else None)
         self.actors: list = []
 
@@ -115,7 +115,7 @@ class Fleet:
         """Spawn a worker per shard, wait until every one has loaded it (TrainingError if not)
         and prepared it with the run's Preprocessing."""
         k = len(self.options)
-        self.shards = data.plan_shards(self.ds.group_rows, k)
+        self.shards = data.plan_rows(self.ds.rows, k)
         self.actors = [self._spawn(rank) for rank in range(k)]
         self.info = self._wait(range(k))
         if self.prep is None:  # statistics merged exactly from the workers' shards: the data stay where they are
@@ -137,7 +137,7 @@ class Fleet:
         if self.config.balance == "speed" and k > 1:
             probe = max(1, min(self.config.batch_size // k, *(i.train for i in self.info)))
             self.speeds = ray_get([a.speed.remote(probe) for a in self.actors])
-            self.shards = data.plan_shards(self.ds.group_rows, k, weights=self.speeds)
+            self.shards = data.plan_rows(self.ds.rows, k, weights=self.speeds)
             self.info = ray_get([a.reshard.remote(s) for a, s in zip(self.actors, self.shards)])
         self.batches = split_batch(self.config.batch_size, [s.train for s in self.info])
         self.steps_per_epoch = min(s.train // b if b else 0 for s, b in zip(self.info, self.batches))
@@ -192,11 +192,11 @@ class Fleet:
         and re-plan the shards over them all. The new ones are placed and loaded first; if they
         cannot be within --placement-timeout, nothing changes. A line saying what it did, or None."""
         old = len(self.actors)
-        k = elastic_count(self.config, len(self.ds.group_rows), old) if self.config.min_workers else old
+        k = elastic_count(self.config, self.ds.rows, old) if self.config.min_workers else old
         if k <= old:
             return None
         shards, options = self.shards, self.options
-        self.shards = data.plan_shards(self.ds.group_rows, k)
+        self.shards = data.plan_rows(self.ds.rows, k)
         self.options = options + _worker_options(self.config, k - old)
         self.actors += [self._spawn(rank) for rank in range(old, k)]
         try:

@@ -14,7 +14,7 @@ import mgdist
 from micrograd.parallel import FORKS, GradSum, ProcessGradSum, set_blas_threads
 from mgdist import link
 from mgdist.config import TrainConfig
-from mgdist.data import Dataset, load_shard
+from mgdist.data import Dataset, load_rows
 from mgdist.errors import BadMessage
 from mgdist.model import Metrics, ModelSpec, loss_sum, make_metrics, predict
 from mgdist.preprocess import Preprocessing, ShardSummary
@@ -72,22 +72,22 @@ class Worker:
     Without `prep` it holds the raw shard until the driver, having merged every worker's
     summary(), sends the run's Preprocessing to prepare(); with it, it prepares at once."""
 
-    def __init__(self, spec: ModelSpec, config: TrainConfig, dataset: Dataset, groups: list[int], rank: int,
+    def __init__(self, spec: ModelSpec, config: TrainConfig, dataset: Dataset, span: tuple[int, int], rank: int,
                  prep: Preprocessing | None = None):
         self.spec, self.config, self.dataset, self.rank, self.error = spec, config, dataset, rank, None
         self.slowdown = config.slowdown[rank] if rank < len(config.slowdown) else 1.0
         self.prep = prep
-        self._load(groups)
+        self._load(span)
 
-    def reshard(self, groups: list[int]) -> ShardInfo:
-        """Load these row groups as this worker's shard instead; its facts, as ready()."""
-        self._load(groups)
+    def reshard(self, span: tuple[int, int]) -> ShardInfo:
+        """Load rows [start, stop) of the dataset as this worker's shard instead; its facts, as ready()."""
+        self._load(span)
         return self.ready()
 
-    def _load(self, groups: list[int]) -> None:
+    def _load(self, span: tuple[int, int]) -> None:
         self.error = None
         try:
-            self.shard = load_shard(self.dataset, groups, self.config.nonfinite)
+            self.shard = load_rows(self.dataset, *span, self.config.nonfinite)
             self.train, self.val = split_rows(len(self.shard.y), self.config.val_fraction, self.config.seed, self.rank)
             if self.prep is not None:
                 self.prepare(self.prep)

@@ -96,12 +96,12 @@ class Update:
         p -= np.float32(lr) * m_hat / (np.sqrt(v_hat) + np.float32(1e-8))
 
 
-def single_process_params(spec: ModelSpec, config: TrainConfig, shards: list[list[int]],
+def single_process_params(spec: ModelSpec, config: TrainConfig, shards: list[tuple[int, int]],
                           steps: int | None = None) -> np.ndarray:
     """The parameters after `steps` (default config.steps) steps in one process: each step, the
     mean loss over the union of every worker's rows of that global batch."""
     ds = data.discover(config.data, config.features, config.target)
-    loaded = [data.load_shard(ds, s, config.nonfinite) for s in shards]
+    loaded = [data.load_rows(ds, *s, config.nonfinite) for s in shards]
     trains = [held_out(len(X), config.val_fraction, config.seed, r)[0] for r, (X, _, _) in enumerate(loaded)]
     batches = shares(config.batch_size, [len(t) for t in trains])
     per_epoch = min(len(t) // b for t, b in zip(trains, batches))

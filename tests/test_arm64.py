@@ -37,7 +37,7 @@ ray.init()
 print(json.dumps([{"alive": n["Alive"], "resources": n["Resources"]} for n in ray.nodes()]))
 """
 
-# One Worker actor on each architecture, both with the same config, dataset, row groups and rank,
+# One Worker actor on each architecture, both with the same config, dataset, rows and rank,
 # so that each step picks the same rows; both get the same (trained-looking) weights.
 GRADIENTS = """
 import json, sys
@@ -59,7 +59,7 @@ spec = ModelSpec(QuantileMLP, {"hidden": [64, 64], "seed": 7})
 params, _ = flatten(spec.build(len(ds.features)).parameters())
 weights = params + np.float32(0.3) * np.random.default_rng(11).standard_normal(params.size, np.float32)
 workers = {arch: ray.remote(Worker).options(num_cpus=1, resources={f"arch_{arch}": 0.001}).remote(
-               spec, config, ds, list(range(len(ds.group_rows))), 0, Preprocessing(ds.features)) for arch in ("x86_64", "aarch64")}
+               spec, config, ds, (0, ds.rows), 0, Preprocessing(ds.features)) for arch in ("x86_64", "aarch64")}
 info = {arch: ray.get(w.ready.remote()) for arch, w in workers.items()}
 batch = 512
 result = {"machine": {arch: i.arch for arch, i in info.items()}, "steps": []}

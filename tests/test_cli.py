@@ -98,10 +98,10 @@ def test_config_round_trips_through_a_dict():
 def dataset(tmp_path_factory) -> str:
     path = str(tmp_path_factory.mktemp("cli") / "data")
     synthetic.write(path, rows=4000, features=6, files=2, row_group_rows=500, seed=7, progress=False)
-    return path  # row groups of 500: 2 workers hold groups 0-3 and 4-7
+    return path  # 2 files of 2,000 rows: 2 workers hold one each
 
 
-SHARDS = [[0, 1, 2, 3], [4, 5, 6, 7]]
+SHARDS = [(0, 2000), (2000, 4000)]
 
 
 def run(dataset: str, tmp_path, *args: str) -> tuple[ModelSpec, TrainConfig, dict]:
@@ -157,7 +157,7 @@ def test_nonfinite_rows_dropped(ray_local, dataset, tmp_path):
     params, _ = final(config, 10)
     assert np.isfinite(params).all() and np.isfinite(summary["val_loss"])
     ds = data.discover(str(bad))
-    assert [len(data.load_shard(ds, s, "drop")[0]) for s in SHARDS] == [1998, 1998]
+    assert [len(data.load_rows(ds, *s, "drop")[0]) for s in SHARDS] == [1998, 1998]
     np.testing.assert_allclose(params, single_process_params(spec, config, SHARDS), rtol=1e-3, atol=5e-4)
     with pytest.raises(data.DataError, match=r"column 'y', row 3: value nan"):
         run(str(bad), tmp_path / "again", "--steps", "10")

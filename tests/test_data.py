@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from mgdist.data import DataError, Storage, discover, load_shard, plan_shards
+from mgdist.data import DataError, Storage, discover, load_rows, load_shard, plan_rows, plan_shards
 from mgdist.workloads import synthetic
 from mgdist.workloads.synthetic import sample, write
 
@@ -85,6 +85,33 @@ def test_shards_put_every_row_back_in_order(dataset_dir):
     assert np.array_equal(np.concatenate([y for _, y, _ in shards]), y0)
     X, y, _ = load_shard(ds, [6, 2])  # any groups, in the order given
     assert np.array_equal(y, np.concatenate([y0[3000:3500], y0[1000:1500]]))
+
+
+def test_row_shards_cut_inside_row_groups_and_across_files(dataset_dir):
+    ds = discover(str(dataset_dir))
+    X0, y0 = sample(5000, 6, seed=1)
+    for start, stop in [(0, 5000), (1234, 1235), (250, 3999), (1499, 1501), (4500, 5000)]:
+        X, y, _ = load_rows(ds, start, stop)
+        assert np.array_equal(X, X0[start:stop]) and np.array_equal(y, y0[start:stop]) and X.flags.c_contiguous
+    shards = [load_rows(ds, *span) for span in plan_rows(ds.rows, 3)]
+    assert [len(y) for _, y, _ in shards] == [1667, 1666, 1667]
+    assert np.array_equal(np.concatenate([y for _, y, _ in shards]), y0)
+    for start, stop in [(0, 0), (-1, 5), (10, 5), (4999, 5001)]:
+        with pytest.raises(DataError, match=rf"a shard needs rows within \[0, 5000\), got \[{start}, {stop}\)$"):
+            load_rows(ds, start, stop)
+
+
+def test_a_cut_row_group_names_its_own_row_and_drops_only_the_shards_rows(tmp_path):
+    y = np.array([0, 1, 2, 3, np.nan, 5, 6, np.inf], np.float32)
+    path = write_table(tmp_path / "a.parquet", x=np.arange(8, dtype=np.float32), y=y, row_group_size=4)
+    ds = discover(str(path))
+    with pytest.raises(DataError, match=rf"^{path} row group 1, column 'y', row 0: value nan \("):
+        load_rows(ds, 3, 6)
+    assert load_rows(ds, 1, 4)[1].tolist() == [1, 2, 3]  # the NaN after the cut is not read into the shard
+    X, y, _ = load_rows(ds, 3, 8, nonfinite="drop")
+    assert X[:, 0].tolist() == y.tolist() == [3, 5, 6]
+    with pytest.raises(DataError, match=r"no finite rows in rows \[4, 5\)$"):
+        load_rows(ds, 4, 5, nonfinite="drop")
 
 
 def test_columns_of_any_numeric_type_become_float32(tmp_path):
@@ -227,6 +254,25 @@ def test_plan_examples():
         plan_shards([5, 5], 2, weights=[1, 0])
     with pytest.raises(DataError, match="positive finite weights"):
         plan_shards([5, 5], 2, weights=[1])
+
+
+@settings(max_examples=300, deadline=None)
+@given(rows=st.integers(0, 100_000), k=st.integers(1, 64), weights=st.none() | st.lists(st.floats(0.1, 10), min_size=64))
+def test_row_plan_covers_every_row_once_within_a_row_of_its_share(rows, k, weights):
+    weights = None if weights is None else weights[:k]
+    if rows < k:
+        with pytest.raises(DataError, match=f"^{rows} rows cannot be split among {k} workers: use fewer workers$"):
+            plan_rows(rows, k, weights)
+        return
+    spans = plan_rows(rows, k, weights)
+    assert spans == plan_rows(rows, k, None if weights is None else list(weights))  # deterministic
+    assert spans[0][0] == 0 and spans[-1][1] == rows and all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
+    sizes = np.array([stop - start for start, stop in spans])
+    assert len(spans) == k and sizes.min() >= 1
+    w = np.ones(k) if weights is None else np.array(weights)
+    ideal = rows * w / w.sum()
+    if ideal.min() >= 2:  # no shard was raised to its one row
+        assert np.all(np.abs(sizes - ideal) < 1 + 1e-9)
 
 
 # S3

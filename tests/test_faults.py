@@ -385,7 +385,7 @@ def poisoned_copy(src: str, dst: Path, file: int, row: int) -> None:
 def worker_steps(data_path: str, rank: int, workers: int = 2) -> list[np.ndarray]:
     """The rows (of its shard) of worker `rank`'s part of each step, by the documented rules (tests/reference.py)."""
     ds = data.discover(data_path)
-    shards = [sum(ds.group_rows[g] for g in s) for s in data.plan_shards(ds.group_rows, workers)]
+    shards = [stop - start for start, stop in data.plan_rows(ds.rows, workers)]
     trains = [held_out(n, VAL, SEED, r)[0] for r, n in enumerate(shards)]
     batches = shares(BATCH, [len(t) for t in trains])
     per_epoch, b = min(len(t) // n for t, n in zip(trains, batches)), batches[rank]

@@ -47,7 +47,7 @@ def test_a_worker_that_does_not_connect_is_named(cluster, small_data):
     node = cluster.add_node(num_cpus=1, object_store_memory=100 * MB)
     spec, config = quantile_run(data=small_data, hidden=(8,), batch_size=100, steps=5, step_timeout=2)
     ds = data.discover(small_data)
-    worker = ray.remote(Worker).options(num_cpus=1, max_concurrency=2).remote(spec, config, ds, [0, 1, 2, 3], 0,
+    worker = ray.remote(Worker).options(num_cpus=1, max_concurrency=2).remote(spec, config, ds, (0, 2000), 0,
                                                                                Preprocessing(ds.features))
     pid = ray.get(worker.ready.remote()).pid
     shards = Shards(config, 5, ServerState(0, initial_params(spec, 6), None), started := [])

@@ -64,6 +64,6 @@ def test_training_across_labelled_nodes(cluster, small_data, tmp_path):
               if key not in before and a["Name"].startswith("mgdist-worker-")}
     assert ran_on == {0: cluster["aarch64"], 1: cluster["x86_64"]}
     arrays, manifest = checkpoint.load(settings.checkpoint_dir, 20)
-    assert manifest["data_order"]["shards"] == [[0, 1, 2, 3], [4, 5, 6, 7]]  # 8 row groups of 500
-    np.testing.assert_allclose(arrays["params"], single_process_params(spec, settings, [[0, 1, 2, 3], [4, 5, 6, 7]]),
+    assert manifest["data_order"]["shards"] == [[0, 2000], [2000, 4000]]  # 4,000 rows
+    np.testing.assert_allclose(arrays["params"], single_process_params(spec, settings, [(0, 2000), (2000, 4000)]),
                                rtol=1e-3, atol=5e-4)

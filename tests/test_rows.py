@@ -1,10 +1,10 @@
 """Which rows a worker trains on, in which order, and how many of each batch: properties and
-hand-computed examples of split_rows, epoch_order, split_batch and plan_shards."""
+hand-computed examples of split_rows, epoch_order, split_batch, plan_rows and plan_shards."""
 import numpy as np
 import pytest
 from hypothesis import given, strategies as st
 
-from mgdist.data import plan_shards
+from mgdist.data import plan_rows, plan_shards
 from mgdist.fleet import split_batch
 from mgdist.worker import SHUFFLE_BLOCK, epoch_order, split_rows
 
@@ -88,6 +88,14 @@ def test_split_batch_sums_to_the_batch_and_the_largest_remainders_win(batch, row
     down = [i for i in range(len(rows)) if share[i] <= exact[i] + 1e-9 and i not in up]
     if up and down:
         assert min(exact[i] - int(exact[i]) for i in up) >= max(exact[i] - int(exact[i]) for i in down) - 1e-9
+
+
+def test_row_plan_cuts_at_the_nearest_row():
+    assert plan_rows(10, 3) == [(0, 3), (3, 7), (7, 10)]  # thirds end at 3.33 and 6.67
+    assert plan_rows(40, 2, weights=[1, 3]) == [(0, 10), (10, 40)]
+    assert plan_rows(9, 2, weights=[5, 4]) == [(0, 5), (5, 9)]
+    assert plan_rows(3, 2, weights=[1, 100]) == [(0, 1), (1, 3)]  # 0.03 rows is raised to one
+    assert plan_rows(3, 3) == [(0, 1), (1, 2), (2, 3)]
 
 
 def test_plan_cuts_at_the_nearest_boundary_not_the_one_below():

@@ -48,8 +48,8 @@ def held_out_pinball(params: np.ndarray, cfg: TrainConfig, hidden=(16,), workers
     """Mean pinball loss over every worker's held-out rows, computed here from the files."""
     ds = data.discover(cfg.data)
     X, y = [], []
-    for rank, groups in enumerate(data.plan_shards(ds.group_rows, workers)):
-        Xs, ys, _ = data.load_shard(ds, groups)
+    for rank, span in enumerate(data.plan_rows(ds.rows, workers)):
+        Xs, ys, _ = data.load_rows(ds, *span)
         val = split_rows(len(Xs), cfg.val_fraction, cfg.seed, rank)[1]
         X.append(Xs[val])
         y.append(ys[val])
