@@ -1,5 +1,7 @@
 """Bad input to jobs/quantile.py on a real local Ray: one clear error line, a non-zero exit, and
 the checkpoints saved before left exactly as they were."""
+import contextlib
+import io
 import json
 import os
 import shutil
@@ -31,13 +33,13 @@ def run_job(*args: str, prefix: list[str] = (), env: dict | None = None) -> subp
                           timeout=180)
 
 
-def run_here(capsys, *args: str) -> subprocess.CompletedProcess:
-    """The job's main() in this process, already connected to Ray (a second faster than a new
+def run_here(*args: str) -> subprocess.CompletedProcess:
+    """The job's main() in this process, already connected to Ray (seconds faster than a new
     process): its exit status and output, as run_job gives them."""
-    capsys.readouterr()
-    code = quantile.main(list(args))
-    out = capsys.readouterr()
-    return subprocess.CompletedProcess(args, code, out.out, out.err)
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = quantile.main(list(args))
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
 
 
 def one_error_line(out: subprocess.CompletedProcess) -> str:
@@ -58,8 +60,8 @@ def good(tmp_path_factory, ray_address) -> tuple[Path, Path]:
     """A small dataset, and the checkpoints of a short run on it."""
     root = tmp_path_factory.mktemp("good")
     synthetic.write(str(root / "data"), rows=3000, features=6, files=2, row_group_rows=500, seed=1, progress=False)
-    out = run_job("--data", str(root / "data"), "--checkpoint-dir", str(root / "ckpt"), "--checkpoint-every", "3",
-                  "--address", ray_address, *SMALL)
+    out = run_here("--data", str(root / "data"), "--checkpoint-dir", str(root / "ckpt"), "--checkpoint-every", "3",
+                   "--address", ray_address, *SMALL)
     assert out.returncode == 0, out.stderr
     assert checkpoint.steps(str(root / "ckpt")) == [3, 6]
     return root / "data", root / "ckpt"
@@ -90,10 +92,10 @@ def corrupt_a_page(path: Path) -> None:
     (corrupt_a_page, "part-00001.parquet: Couldn't deserialize thrift"),
     (lambda p: p.write_text("id,x,y\n1,2,3\n"), ": Parquet magic bytes not found in footer"),
 ], ids=["corrupt-page", "not-parquet"])
-def test_bad_parquet_files(ray_address, good, saved, tmp_path, damage, expected, capsys):
+def test_bad_parquet_files(ray_address, good, saved, tmp_path, damage, expected):
     before = contents(saved)
     data = bad_copy(good[0], tmp_path / "data", damage)
-    line = one_error_line(run_here(capsys, "--data", str(data), "--checkpoint-dir", str(saved), "--resume",
+    line = one_error_line(run_here("--data", str(data), "--checkpoint-dir", str(saved), "--resume",
                                    "--address", ray_address, *SMALL))
     assert expected in line and str(data) in line
     assert contents(saved) == before
@@ -112,12 +114,12 @@ def test_truncated_checkpoint(ray_address, good, saved):
     assert contents(saved) == before
 
 
-def test_checkpoint_of_another_model_optimizer_or_dataset(ray_address, good, saved, tmp_path, capsys):
+def test_checkpoint_of_another_model_optimizer_or_dataset(ray_address, good, saved, tmp_path):
     before = contents(saved)
 
     def error(*args: str, data: Path = good[0]) -> str:
-        return one_error_line(run_here(capsys, "--data", str(data), "--checkpoint-dir", str(saved),
-                                       "--address", ray_address, *args))
+        return one_error_line(run_here("--data", str(data), "--checkpoint-dir", str(saved),
+                              "--address", ray_address, *args))
 
     line = error("--resume", *SMALL, "--hidden", "16")  # the later --hidden wins
     assert line.startswith(f"error: checkpoint step 6 in {saved} is for model {{'class': "
