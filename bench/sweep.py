@@ -44,6 +44,7 @@ import mgdist
 from micrograd import Value
 from micrograd.losses import mse
 from mgdist.workloads import synthetic
+from worker_profile import scratch_dir
 
 NODES, CPUS_PER_NODE = 4, 8  # logical CPUs: 32 workers of 1 CPU fit
 ROWS_PER_WORKER = 8
@@ -261,7 +262,7 @@ def measured(workers: list[int], params: list[int], servers: list[int], save: st
         num_cpus=0, include_dashboard=False, object_store_memory=400 * 2**20))
     for _ in range(NODES):
         cluster.add_node(num_cpus=CPUS_PER_NODE, object_store_memory=400 * 2**20)
-    path = os.path.join(tempfile.mkdtemp(prefix="mgdist-sweep-"), "data")
+    path = os.path.join(scratch_dir("mgdist-sweep-"), "data")
     synthetic.write(path, rows=64 * 256, features=4, files=4, row_group_rows=256, progress=False)
     ray.init(address=cluster.address, log_to_driver=False)
     points: list[Point] = []

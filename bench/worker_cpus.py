@@ -14,7 +14,6 @@ import contextlib
 import io
 import os
 import statistics
-import tempfile
 
 import numpy as np
 import ray
@@ -26,6 +25,7 @@ from mgdist.fleet import Fleet, ray_get
 from mgdist.model import ModelSpec
 from mgdist.workloads import synthetic
 from mgdist.workloads.quantile import QuantileMLP
+from worker_profile import scratch_dir
 
 LEVELS = tuple(np.round(np.linspace(0.1, 0.9, 9), 2))
 MODEL = {"levels": LEVELS, "hidden": [128], "activation": "tanh"}
@@ -38,7 +38,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--steps", type=int, default=60)
     args = p.parse_args()
-    path = os.path.join(tempfile.mkdtemp(prefix="mgdist-cpus-"), "data")
+    path = os.path.join(scratch_dir("mgdist-cpus-"), "data")
     synthetic.write(path, rows=args.rows, features=64, files=4, row_group_rows=BATCH, progress=False)
     ray.init(address="local", num_cpus=3, object_store_memory=400 * 2**20, include_dashboard=False,
              log_to_driver=False)  # 3 logical CPUs: both workers of part 1 alive at once, timed in turn

@@ -19,11 +19,13 @@ Run it inside a loopback-only network namespace, as README.md says.
 from __future__ import annotations
 
 import argparse
+import atexit
 import cProfile
 import io
 import multiprocessing
 import os
 import pstats
+import shutil
 import tempfile
 import threading
 import time
@@ -250,12 +252,19 @@ def plain_bound(s: Setup, steps: int) -> tuple[float, list[Timing]]:
     return sum(t.rows_per_s for t in timings), timings
 
 
+def scratch_dir(prefix: str) -> str:
+    """A new temp dir, removed when this process exits (the datasets benches write are 100s of MB)."""
+    root = tempfile.mkdtemp(prefix=prefix)
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    return root
+
+
 def bench_data(data: str | None, rows: int, prefix: str) -> str:
-    """`data`, or a new synthetic dataset of `rows` x 64 features in 8 files under a temp dir."""
+    """`data`, or a new synthetic dataset of `rows` x 64 features in 8 files under a scratch_dir."""
     if data:
         return data
     from mgdist.workloads import synthetic
-    path = os.path.join(tempfile.mkdtemp(prefix=prefix), "data")
+    path = os.path.join(scratch_dir(prefix), "data")
     synthetic.write(path, rows=rows, features=64, files=8, row_group_rows=65536)
     return path
 
