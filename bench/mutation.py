@@ -27,7 +27,7 @@ SCOPE: dict[str, set[str] | None] = {  # module: functions counted (None: all of
     "micrograd.engine": None,
     "micrograd.optim": None,
     "micrograd.losses": None,
-    "mgdist.data": {"plan_shards", "plan_rows", "_ideal_ends"},
+    "mgdist.data": {"plan_shards", "plan_rows", "_ideal_ends", "_cuts"},
     "mgdist.fleet": {"split_batch"},
     "mgdist.worker": {"split_rows", "epoch_order"},
     "mgdist.server": {"make_optimizer", "ParameterServer.apply"},

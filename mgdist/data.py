@@ -253,16 +253,22 @@ def _ideal_ends(total: int, k: int, weights: Sequence[float] | None) -> np.ndarr
     return total * np.cumsum(weights) / sum(weights)
 
 
+def _cuts(wanted: Sequence[int], units: int) -> list[int]:
+    """The k + 1 cut points of `units` into k = len(wanted) + 1 consecutive non-empty parts, cut s
+    at wanted[s] unless that would leave this part or a later one empty."""
+    k = len(wanted) + 1
+    cuts = [0]
+    for s, want in enumerate(wanted):
+        cuts.append(min(max(want, cuts[-1] + 1), units - (k - 1 - s)))
+    return cuts + [units]
+
+
 def plan_rows(rows: int, k: int, weights: Sequence[float] | None = None) -> list[tuple[int, int]]:
     """Split rows [0, rows) (numbered through the row groups in order) into k consecutive spans
     (start, stop): span i gets rows * weights[i] / sum(weights) rows, within one row, and at least one."""
     if rows < k:
         raise DataError(f"{rows} rows cannot be split among {k} workers: use fewer workers")
-    ends = np.rint(_ideal_ends(rows, k, weights)).astype(int)
-    cuts = [0]
-    for s in range(k - 1):
-        cuts.append(min(max(int(ends[s]), cuts[-1] + 1), rows - (k - 1 - s)))
-    cuts.append(rows)
+    cuts = _cuts([int(end) for end in np.rint(_ideal_ends(rows, k, weights)[:-1])], rows)
     return list(zip(cuts, cuts[1:]))
 
 
@@ -279,11 +285,8 @@ def plan_shards(group_rows: Sequence[int], k: int, weights: Sequence[float] | No
         raise DataError(f"{len(groups)} non-empty row groups cannot be split among {k} workers: "
                         "write smaller row groups or use fewer workers")
     ends = np.cumsum([group_rows[i] for i in groups])  # rows up to and including each group
-    cuts = [0]
-    for s in range(k - 1):
-        nearest = int(np.argmin(np.abs(ends - ideal_ends[s]))) + 1
-        cuts.append(min(max(nearest, cuts[-1] + 1), len(groups) - (k - 1 - s)))
-    cuts.append(len(groups))
+    nearest = [int(np.argmin(np.abs(ends - ideal))) + 1 for ideal in ideal_ends[:-1]]  # groups before each cut
+    cuts = _cuts(nearest, len(groups))
     return [groups[a:b] for a, b in zip(cuts, cuts[1:])]
 
 
