@@ -18,8 +18,16 @@ this machine every process shares the same cores, so the step time holds the CPU
 workers; a second fit takes only what a cluster would run in series, a server shard's CPU and
 a worker's own message CPU per step, and projects from those and the wire time.
 
-    python bench/scaling.py --sweep [--workers 1 2 4 8 16 32] [--params 10000 1000000 10000000] [--servers 1 2 4]
-Inside a loopback-only network namespace, as README.md says (root: `ss -p` sees every process).
+With --wire GBPS..., every (P, S, W) is measured again with the loopback shaped to each rate (tc's
+token bucket on lo), so that the messages take wire time as on a network: whether a step on a
+slow link costs the wire time plus the CPU (in series) or the wire time plus less (the copies of
+a message overlapping its transfer). What a shaped step spends beyond its wire time and the
+CPU fits' terms that are not per byte is fitted per byte of one message (the exposed copy at each
+end), and a third projection uses that.
+
+    python bench/scaling.py --sweep [--workers 1 2 4 8 16 32] [--params 10000 1000000 10000000] [--servers 1 2 4] [--wire 4 8]
+Inside a loopback-only network namespace, as README.md says (root: `ss -p` sees every process,
+tc shapes the namespace's lo).
 """
 from __future__ import annotations
 
@@ -77,6 +85,28 @@ class Point:
     messages: int          # per step, through the busiest process
     server_cpu_s: float = float("nan")  # CPU seconds per step of the busiest server shard
     worker_cpu_s: float = float("nan")  # CPU seconds per step of a worker (the mean)
+    wire_gbps: float = 0.0  # the loopback shaped to this rate (tc tbf); 0: not shaped
+
+
+def lo_bytes(p: Point) -> float:
+    """Bytes a step over the loopback: every message crosses it once (W workers x S shards x 2)."""
+    return 2 * p.workers * (p.params * 4 + p.servers * HEADER_BYTES)
+
+
+def wire_s(p: Point) -> float:
+    """Seconds a step's messages take on the shaped loopback (0 if not shaped)."""
+    return lo_bytes(p) * 8 / (p.wire_gbps * 1e9) if p.wire_gbps else 0.0
+
+
+@contextlib.contextmanager
+def shaped_loopback(gbps: float):
+    """The loopback limited to `gbps` for the block: one token bucket for all its traffic."""
+    subprocess.run(["tc", "qdisc", "replace", "dev", "lo", "root", "tbf", "rate", f"{gbps}gbit",
+                    "burst", "1mb", "latency", "500ms"], check=True)
+    try:
+        yield
+    finally:
+        subprocess.run(["tc", "qdisc", "del", "dev", "lo", "root"], check=True)
 
 
 SOCKET = re.compile(r'users:\(\("([^"]+)",pid=(\d+),.*?bytes_sent:(\d+).*?bytes_received:(\d+)')
@@ -112,8 +142,9 @@ def last_step(metrics: str) -> int:
         return 0
 
 
-def measure(path: str, workers: int, params: int, servers: int, steps: int) -> Point:
-    """One run; its steady-state step time and the busiest process's bytes per step."""
+def measure(path: str, workers: int, params: int, servers: int, steps: int, wire_gbps: float = 0.0) -> Point:
+    """One run (on a loopback shaped to wire_gbps, if given); its steady-state step time and the
+    busiest process's bytes per step."""
     scratch = tempfile.TemporaryDirectory()
     metrics = os.path.join(scratch.name, "metrics.jsonl")
     samples: list[tuple[float, dict, dict]] = []
@@ -131,7 +162,8 @@ def measure(path: str, workers: int, params: int, servers: int, steps: int) -> P
     extra = {"servers": servers} if servers > 1 else {}
     quiet = io.StringIO()  # each run's progress lines and summary
     try:
-        with contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
+        with contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet), \
+                shaped_loopback(wire_gbps) if wire_gbps else contextlib.nullcontext():
             mgdist.train(Ballast, path, model_args={"size": params}, workers=workers,
                          batch_size=ROWS_PER_WORKER * workers, steps=steps, log_every=max(1, steps // 4),
                          val_fraction=0.0, standardize="none", schedule="constant", lr=1e-3, metrics=metrics,
@@ -156,7 +188,7 @@ def measure(path: str, workers: int, params: int, servers: int, steps: int) -> P
     server_cpu = max((s for pid, s in cpu.items() if "Param" in after[pid][0]), default=float("nan"))
     worker_cpu = [s for pid, s in cpu.items() if "Worker" in after[pid][0]]
     return Point(workers, params, servers, step_s, busiest, name, 2 * workers if is_server else 2 * servers,
-                 server_cpu, float(np.mean(worker_cpu)) if worker_cpu else float("nan"))
+                 server_cpu, float(np.mean(worker_cpu)) if worker_cpu else float("nan"), wire_gbps)
 
 
 def protocol_bytes(p: Point) -> float:
@@ -189,13 +221,16 @@ def worker_bytes(params: int, servers: int) -> float:
 
 
 def cpu_fits(points: list[Point]) -> tuple[np.ndarray, np.ndarray]:
-    """Least squares (each >= 0) of a server shard's CPU per step = s0 + s_msg x 2W + s_byte x its
+    """Least squares of the relative error (each coefficient >= 0; points of 0.1 ms weigh as much as
+    points of 100 ms, so the small messages that a projection over many nodes is made of are not
+    drowned by the big ones) of a server shard's CPU per step = s0 + s_msg x 2W + s_byte x its
     bytes + s_param x P / S, and of a worker's = w0 + w_msg x 2S + w_byte x its bytes."""
     ok = [p for p in points if np.isfinite(p.server_cpu_s) and np.isfinite(p.worker_cpu_s)]
+    server_cpu, worker_cpu = np.array([p.server_cpu_s for p in ok]), np.array([p.worker_cpu_s for p in ok])
     server = nonnegative_fit(np.array([[1.0, 2 * p.workers, shard_bytes(p.workers, p.params, p.servers),
-                                        p.params / p.servers] for p in ok]), np.array([p.server_cpu_s for p in ok]))
-    worker = nonnegative_fit(np.array([[1.0, 2 * p.servers, worker_bytes(p.params, p.servers)] for p in ok]),
-                             np.array([p.worker_cpu_s for p in ok]))
+                                        p.params / p.servers] for p in ok]) / server_cpu[:, None], np.ones(len(ok)))
+    worker = nonnegative_fit(np.array([[1.0, 2 * p.servers, worker_bytes(p.params, p.servers)] for p in ok])
+                             / worker_cpu[:, None], np.ones(len(ok)))
     return server, worker
 
 
@@ -236,28 +271,72 @@ def project(c: np.ndarray, nodes: int, params: int, servers: int, bandwidth: flo
     return outside / (outside + COMPUTE)
 
 
+def serial_cpu(server: np.ndarray, worker: np.ndarray, workers: int, params: int, servers: int) -> float:
+    """A step's CPU that no transfer hides: a shard's and a worker's terms of the CPU fits that are
+    not per byte (fixed, per message, the shard's averaging and optimiser per parameter). A worker's
+    cost per message is the larger of its own fit's and a shard's: the sweep gives a worker at most
+    a few shards' messages, too few to fit it, where a projection gives it one per node."""
+    shard = server @ [1.0, 2 * workers, 0.0, params / servers]
+    own = worker[0] + max(worker[1], server[1]) * 2 * servers
+    return shard + own
+
+
+def message_bytes(params: int, servers: int) -> float:
+    """One message between a worker and a shard: the shard's slice and the header."""
+    return params / servers * 4 + HEADER_BYTES
+
+
 def project_serial(server: np.ndarray, worker: np.ndarray, nodes: int, params: int, servers: int,
                    bandwidth: float) -> float:
     """As project(), from the CPU fits: what a cluster runs in series in a step is a shard's CPU
     (its links to all `nodes` workers), a worker's own message CPU and the wire time of the
-    busiest node; the workers' CPU runs in parallel, each on its node."""
-    shard = server @ [1.0, 2 * nodes, shard_bytes(nodes, params, servers), params / servers]
-    own = worker @ [1.0, 2 * servers, worker_bytes(params, servers)]
+    busiest node, added as if no copy overlapped a transfer; the workers' CPU runs in parallel,
+    each on its node."""
+    copies = server[2] * shard_bytes(nodes, params, servers) + worker[2] * worker_bytes(params, servers)
     wire = busiest_node_bytes(nodes, params, servers) / bandwidth
-    outside = shard + own + wire
+    outside = serial_cpu(server, worker, nodes, params, servers) + copies + wire
     return outside / (outside + COMPUTE)
 
 
-def sweep(workers: list[int], params: list[int], servers: list[int], save: str | None = None,
-          earlier: list[str] = ()) -> None:
+def exposed_fit(shaped: list[Point], server: np.ndarray, worker: np.ndarray) -> np.ndarray:
+    """(e_msg, e_wire): what a step on the shaped loopback spends beyond its wire time and
+    serial_cpu, as e_msg x bytes of one message (the copies no transfer hides: the last message in
+    before the optimiser step, the first out after it) + e_wire x its wire time (the link used
+    below its rate); a non-negative least squares through 0."""
+    A = np.array([[message_bytes(p.params, p.servers), wire_s(p)] for p in shaped])
+    t = np.array([p.step_s - wire_s(p) - serial_cpu(server, worker, p.workers, p.params, p.servers) for p in shaped])
+    return nonnegative_fit(A, t)
+
+
+def overlapped_outside(server: np.ndarray, worker: np.ndarray, exposed: np.ndarray, wire: float, workers: int,
+                       params: int, servers: int) -> float:
+    """The overlap model's time a step outside compute: the wire time, the serial CPU, the
+    exposed copies and the link's shortfall."""
+    return (wire * (1 + exposed[1]) + serial_cpu(server, worker, workers, params, servers)
+            + exposed[0] * message_bytes(params, servers))
+
+
+def project_overlapped(server: np.ndarray, worker: np.ndarray, exposed: np.ndarray, nodes: int, params: int,
+                       servers: int, bandwidth: float) -> float:
+    """As project_serial(), with each message's copies overlapping its transfer as the shaped
+    loopback measures (overlapped_outside of the busiest node's wire time)."""
+    wire = busiest_node_bytes(nodes, params, servers) / bandwidth
+    outside = overlapped_outside(server, worker, exposed, wire, nodes, params, servers)
+    return outside / (outside + COMPUTE)
+
+
+def sweep(workers: list[int], params: list[int], servers: list[int], wire: list[float] = (),
+          save: str | None = None, earlier: list[str] = ()) -> None:
     points: list[Point] = [Point(**p) for name in earlier for p in json.load(open(name))]
     if params:
-        points += measured(workers, params, servers, save)
+        points += measured(workers, params, servers, wire, save)
     report(points)
 
 
-def measured(workers: list[int], params: list[int], servers: list[int], save: str | None) -> list[Point]:
-    """Every (parameters, servers, workers) measured on a new Cluster, printed as it comes."""
+def measured(workers: list[int], params: list[int], servers: list[int], wire: list[float],
+             save: str | None) -> list[Point]:
+    """Every (parameters, servers, workers) measured on a new Cluster, on the plain loopback then on
+    it shaped to each `wire` rate (Gbit/s), printed as it comes."""
     cluster = Cluster(initialize_head=True, connect=False, head_node_args=dict(
         num_cpus=0, include_dashboard=False, object_store_memory=400 * 2**20))
     for _ in range(NODES):
@@ -268,18 +347,20 @@ def measured(workers: list[int], params: list[int], servers: list[int], save: st
     points: list[Point] = []
     print(f"{NODES} Cluster nodes x {CPUS_PER_NODE} logical CPUs on {os.cpu_count()} cores; "
           f"{ROWS_PER_WORKER} rows per worker; load average {os.getloadavg()[0]:.1f}")
-    print(f"{'params':>10} {'S':>2} {'workers':>7} {'ms/step':>8} {'MB/step busiest':>16} {'(protocol)':>11} "
-          f"{'CPU ms/step: shard':>19} {'worker':>7}  busiest")
+    print(f"{'params':>10} {'S':>2} {'workers':>7} {'lo Gbps':>7} {'ms/step':>8} {'MB/step busiest':>16} "
+          f"{'(protocol)':>11} {'CPU ms/step: shard':>19} {'worker':>7}  busiest")
     try:
         for p in params:
             steps = 400 if p <= 100_000 else 80 if p <= 2_000_000 else 32
             for s in servers:
                 for w in workers:
-                    point = measure(path, w, p, s, steps)
-                    points.append(point)
-                    print(f"{p:>10,} {s:>2} {w:>7} {1e3 * point.step_s:8.2f} {point.busiest_bytes / 1e6:16.2f} "
-                          f"{protocol_bytes(point) / 1e6:11.2f} {1e3 * point.server_cpu_s:19.2f} "
-                          f"{1e3 * point.worker_cpu_s:7.2f}  {point.busiest}", flush=True)
+                    for gbps in (0.0, *wire):
+                        point = measure(path, w, p, s, steps, gbps)
+                        points.append(point)
+                        print(f"{p:>10,} {s:>2} {w:>7} {gbps or '-':>7} {1e3 * point.step_s:8.2f} "
+                              f"{point.busiest_bytes / 1e6:16.2f} {protocol_bytes(point) / 1e6:11.2f} "
+                              f"{1e3 * point.server_cpu_s:19.2f} {1e3 * point.worker_cpu_s:7.2f}  {point.busiest}",
+                              flush=True)
     finally:
         ray.shutdown()
         cluster.shutdown()
@@ -290,6 +371,8 @@ def measured(workers: list[int], params: list[int], servers: list[int], save: st
 
 
 def report(points: list[Point]) -> None:
+    shaped = [p for p in points if p.wire_gbps]
+    points = [p for p in points if not p.wire_gbps]
     by = {(p.params, p.servers, p.workers): p.step_s for p in points}
     for p in sorted({p.params for p in points}):
         if (p, 1, 4) in by and (p, 1, 32) in by:
@@ -313,6 +396,23 @@ def report(points: list[Point]) -> None:
           f"{1e3 * worker[0]:.3f} ms + {1e6 * worker[1]:.1f} us x messages + {1e9 * worker[2]:.3f} ns x bytes")
     print("projection from the CPU a cluster runs in series (a shard's, a worker's messages, the wire):")
     print_projection(lambda nodes, s, bw: project_serial(server, worker, nodes, 1_000_000, s, bw))
+    if not shaped:
+        return
+    exposed = exposed_fit(shaped, server, worker)
+    print(f"on the shaped loopback: step = wire x {1 + exposed[1]:.3f} + serial CPU + {1e9 * exposed[0]:.3f} ns "
+          "x bytes of one message")
+    print(f"{'params':>10} {'S':>2} {'workers':>7} {'lo Gbps':>7} {'ms/step':>8} {'wire':>7} {'plain + wire':>12} "
+          f"{'model':>7}")
+    modelled = [overlapped_outside(server, worker, exposed, wire_s(p), p.workers, p.params, p.servers) for p in shaped]
+    for p, model in zip(shaped, modelled):
+        plain = by.get((p.params, p.servers, p.workers))
+        print(f"{p.params:>10,} {p.servers:>2} {p.workers:>7} {p.wire_gbps:>7g} {1e3 * p.step_s:8.2f} "
+              f"{1e3 * wire_s(p):7.2f} {1e3 * (plain + wire_s(p)) if plain else float('nan'):12.2f} {1e3 * model:7.2f}")
+    errors = [model - p.step_s for p, model in zip(shaped, modelled)]
+    print(f"model's rms error {1e3 * np.sqrt(np.mean(np.square(errors))):.2f} ms, largest "
+          f"{1e3 * max(errors, key=abs):+.2f} ms")
+    print("projection with the copies overlapping the transfer (the wire, the serial CPU, one message's copies):")
+    print_projection(lambda nodes, s, bw: project_overlapped(server, worker, exposed, nodes, 1_000_000, s, bw))
 
 
 def print_projection(share: Callable[[int, int, float], float]) -> None:
@@ -330,11 +430,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--params", type=int, nargs="*", default=[10_000, 1_000_000, 10_000_000],
                    help="none: only report the points of --with")
     p.add_argument("--servers", type=int, nargs="+", default=[1, 2, 4])
+    p.add_argument("--wire", type=float, nargs="*", default=[], metavar="GBPS",
+                   help="measure each point again with the loopback shaped to these rates (Gbit/s)")
     p.add_argument("--save", help="write the points measured to this JSON file")
     p.add_argument("--with", dest="earlier", nargs="*", default=[], metavar="JSON",
                    help="points saved by earlier runs (--save), reported and fitted with these")
     args = p.parse_args(argv)
-    sweep(args.workers, args.params, args.servers, args.save, args.earlier)
+    sweep(args.workers, args.params, args.servers, args.wire, args.save, args.earlier)
 
 
 if __name__ == "__main__":
