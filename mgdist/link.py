@@ -168,29 +168,36 @@ class Outgoing:
 
 class Incoming:
     """One message on its way in: its header, checked, then its array read into `out`, which
-    must be its size. On a non-blocking socket advance() reads what has arrived."""
+    must be its size. The header and as much of the array as has arrived come in one system
+    call (a scatter read), so a message that is all there takes one. On a non-blocking socket
+    advance() reads what has arrived."""
 
     def __init__(self, out: np.ndarray):
         self.head, self.out = bytearray(HEAD.size), out
-        self.view = memoryview(self.head)
+        self.view, self.body = memoryview(self.head), memoryview(out).cast("B")
         self.numbers: tuple[float, float, float] | None = None  # once the header is in
 
     def advance(self, sock: socket.socket) -> bool:
         """Read more of it; whether it is all in. LinkClosed if the peer closed the link or
-        announced an array of another size."""
+        announced an array of another size (the bytes read into `out` with the header are then
+        not this message's: a failed message leaves `out` undefined)."""
         while self.view:
             try:
-                n = sock.recv_into(self.view)
+                if self.numbers is None:
+                    n = sock.recvmsg_into([self.view, self.body])[0]
+                else:
+                    n = sock.recv_into(self.view)
             except BlockingIOError:
                 return False
             if n == 0:
                 raise LinkClosed("the other end closed the link")
-            self.view = self.view[n:]
-            if not self.view and self.numbers is None:
-                *numbers, nbytes = HEAD.unpack(self.head)
-                if nbytes != self.out.nbytes:
-                    raise LinkClosed(f"a message of {nbytes} bytes where {self.out.nbytes} were expected")
-                self.numbers, self.view = tuple(numbers), memoryview(self.out).cast("B")
+            if self.numbers is not None or n < len(self.view):
+                self.view = self.view[n:]
+                continue
+            *numbers, nbytes = HEAD.unpack(self.head)
+            if nbytes != self.out.nbytes:
+                raise LinkClosed(f"a message of {nbytes} bytes where {self.out.nbytes} were expected")
+            self.numbers, self.view = tuple(numbers), self.body[n - len(self.view):]
         return True
 
 

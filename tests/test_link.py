@@ -47,3 +47,23 @@ def test_messages_move_on_non_blocking_sockets_a_part_at_a_time():
     assert sent and rounds > 2  # it took several parts
     assert got.numbers == (7, 8, 9)
     np.testing.assert_array_equal(got.out, x)
+
+
+def test_a_message_cut_anywhere_or_followed_by_the_next_arrives_whole():
+    """The header and the array's first bytes are read in one call: however the bytes are cut (in
+    the header, at its end, in the array), and with the next message right behind, each message
+    gets exactly its own bytes."""
+    x, y = np.arange(5, dtype=np.float32), -np.arange(3, dtype=np.float32)
+    stream = b"".join(bytes(p) for m in (link.Outgoing((1, 2, 3), x), link.Outgoing((4, 5, 6), y)) for p in m.parts)
+    head = link.HEAD.size
+    for cut in (1, head - 1, head, head + 1, head + 7, len(stream) - 1):
+        a, b = socket.socketpair()
+        b.settimeout(10)  # a message read short would wait for bytes that never come
+        a.sendall(stream[:cut])
+        late = threading.Timer(0.05, a.sendall, [stream[cut:]])
+        late.start()
+        first, second = np.empty_like(x), np.empty_like(y)
+        assert link.recv(b, first) == (1, 2, 3) and link.recv(b, second) == (4, 5, 6), cut
+        np.testing.assert_array_equal(first, x)
+        np.testing.assert_array_equal(second, y)
+        late.join()
