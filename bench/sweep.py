@@ -310,9 +310,11 @@ def exposed_fit(shaped: list[Point], server: np.ndarray, worker: np.ndarray) -> 
 
 def overlapped_outside(server: np.ndarray, worker: np.ndarray, exposed: np.ndarray, wire: float, workers: int,
                        params: int, servers: int) -> float:
-    """The overlap model's time a step outside compute: the wire time, the serial CPU, the
-    exposed copies and the link's shortfall."""
-    return (wire * (1 + exposed[1]) + serial_cpu(server, worker, workers, params, servers)
+    """The overlap model's time a step outside compute: the transfer (the wire time with the link's
+    shortfall, or a shard's or a worker's copies if they are slower: a process copies its bytes
+    while they cross), the serial CPU and the exposed copies of one message."""
+    copies = max(server[2] * shard_bytes(workers, params, servers), worker[2] * worker_bytes(params, servers))
+    return (max(wire * (1 + exposed[1]), copies) + serial_cpu(server, worker, workers, params, servers)
             + exposed[0] * message_bytes(params, servers))
 
 
