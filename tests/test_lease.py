@@ -108,17 +108,20 @@ directory, at = sys.argv[1], float(sys.argv[2])
 time.sleep(max(0, at - time.time()))
 try:
     Lease(directory).acquire()
-    print("won")
+    print("won", flush=True)
 except LeaseHeld:
-    print("lost")
+    print("lost", flush=True)
+sys.stdin.read()  # alive until every racer has decided: a winner that had ended could be taken over
 """
 
 
 def test_of_runs_starting_at_the_same_moment_exactly_one_gets_the_directory(directory):
     at = time.time() + 4  # every racer has imported by then
-    racers = [subprocess.Popen([sys.executable, "-c", RACER, directory, str(at)], stdout=subprocess.PIPE, text=True)
-              for _ in range(4)]
-    outcomes = sorted(r.communicate(timeout=120)[0].strip() for r in racers)
+    racers = [subprocess.Popen([sys.executable, "-c", RACER, directory, str(at)], stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, text=True) for _ in range(4)]
+    outcomes = sorted(r.stdout.readline().strip() for r in racers)  # a racer that fails: ""
+    for r in racers:
+        r.communicate(timeout=120)
     assert outcomes == ["lost", "lost", "lost", "won"], outcomes
 
 
