@@ -89,8 +89,8 @@ class Point:
 
 
 def lo_bytes(p: Point) -> float:
-    """Bytes a step over the loopback: every message crosses it once (W workers x S shards x 2)."""
-    return 2 * p.workers * (p.params * 4 + p.servers * HEADER_BYTES)
+    """Bytes a step over the loopback: every message crosses it once (each worker's, both ways)."""
+    return p.workers * worker_bytes(p.params, p.servers)
 
 
 def wire_s(p: Point) -> float:
@@ -191,11 +191,15 @@ def measure(path: str, workers: int, params: int, servers: int, steps: int, wire
                  server_cpu, float(np.mean(worker_cpu)) if worker_cpu else float("nan"), wire_gbps)
 
 
+def message_bytes(params: int, servers: int) -> float:
+    """One message between a worker and a shard: the shard's slice and the header."""
+    return params / servers * 4 + HEADER_BYTES
+
+
 def protocol_bytes(p: Point) -> float:
     """What the protocol moves per step through the busiest process (both directions): a server
     shard's slice to and from each of W workers, or a worker's slice to and from each of S shards."""
-    message = p.params / p.servers * 4 + HEADER_BYTES
-    return 2 * message * max(p.workers, p.servers)
+    return 2 * message_bytes(p.params, p.servers) * max(p.workers, p.servers)
 
 
 def step(c: np.ndarray, p: Point) -> float:
@@ -212,7 +216,7 @@ def fit(points: list[Point]) -> np.ndarray:
 
 def shard_bytes(workers: int, params: int, servers: int) -> float:
     """Bytes a server shard moves per step: its slice to and from each worker."""
-    return 2 * workers * (params / servers * 4 + HEADER_BYTES)
+    return 2 * workers * message_bytes(params, servers)
 
 
 def worker_bytes(params: int, servers: int) -> float:
@@ -279,11 +283,6 @@ def serial_cpu(server: np.ndarray, worker: np.ndarray, workers: int, params: int
     shard = server @ [1.0, 2 * workers, 0.0, params / servers]
     own = worker[0] + max(worker[1], server[1]) * 2 * servers
     return shard + own
-
-
-def message_bytes(params: int, servers: int) -> float:
-    """One message between a worker and a shard: the shard's slice and the header."""
-    return params / servers * 4 + HEADER_BYTES
 
 
 def project_serial(server: np.ndarray, worker: np.ndarray, nodes: int, params: int, servers: int,
